@@ -1,0 +1,156 @@
+"""Shared pieces of the core benchmarks: settings, the VE PC sampler, a conv score net, output files.
+
+The benchmarks are scripts, never tests: each writes `results/<name>.json` and `<name>.png` and
+prints a markdown table. Run them from the repository root as `python -m benchmarks.<name>`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pds_jax import gaussian, preconditioning, sampling, sde_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / 'benchmarks' / 'results'
+NUM_SCALES = 2000  # PDS `speed_up` semantics: N = 2000 / k steps, eps = 1e-5 · k
+SIGMA_MIN = 0.01
+SNR = 0.16
+
+Shape = Tuple[int, int, int]
+
+
+def use_compilation_cache() -> str:
+  """Points JAX's persistent compilation cache at $JAX_COMPILATION_CACHE_DIR (default <repo>/.jax_cache)."""
+  cache_dir = os.environ.get('JAX_COMPILATION_CACHE_DIR', str(REPO / '.jax_cache'))
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  return cache_dir
+
+
+def environment() -> dict:
+  """Where a measurement was taken: versions, cores and the load of the (shared) machine."""
+  return {'jax': jax.__version__, 'backend': jax.default_backend(), 'platform': platform.platform(),
+          'cpu_count': os.cpu_count(), 'load_average_1_5_15': list(os.getloadavg()),
+          'time': time.strftime('%Y-%m-%d %H:%M:%S')}
+
+
+# ----------------------------------------------------------------------------- sampling setting
+
+
+def ve_eps(num_steps: int) -> float:
+  """Sampling eps of PDS's speed_up k = NUM_SCALES / N for VE: 1e-5 · k."""
+  return 1e-5 * NUM_SCALES / num_steps
+
+
+def ve_sampler(sigma_max: float, shape: Tuple[int, int, int, int], num_steps: int,
+               pds_variant: str = 'official') -> sampling.PCSampler:
+  """reverse_diffusion + langevin (snr 0.16) on VESDE(0.01, sigma_max, N) with eps = 1e-5 · 2000 / N."""
+  sde = sde_lib.VESDE(SIGMA_MIN, sigma_max, num_steps)
+  return sampling.PCSampler(sde, shape, 'reverse_diffusion', 'langevin', snr=SNR, n_steps=1,
+                            denoise=True, eps=ve_eps(num_steps), pds_variant=pds_variant)
+
+
+def reference_statistics(reference: gaussian.GaussianReference, num_images: int = 200,
+                         seed: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+  """Official PDS (freq, space) statistics (H, W, C) of exact draws clipped to [0, 1]."""
+  images = np.clip(np.asarray(reference.sample(jax.random.PRNGKey(seed), num_images)), 0., 1.)
+  return preconditioning.compute_statistics(images)
+
+
+# ----------------------------------------------------------------------------- a conv score net
+
+
+class ConvScoreNet(nn.Module):
+  """A small U-Net-shaped score net: s(x, σ) = net(x / sqrt(1 + σ²), log σ) / σ, x (B, H, W, C).
+
+  One level per entry of `features` (resolution halved between levels), `num_convs` 3x3 conv +
+  GroupNorm + SiLU blocks per level on the way down and up, additive skips. The compute is spread
+  over the resolutions as in NCSN++ (~38 MMAC per conv per image at every level by default).
+  """
+  features: Sequence[int] = (32, 64, 128, 256)
+  num_convs: int = 2
+
+  def _block(self, h: jax.Array, features: int) -> jax.Array:
+    h = nn.Conv(features, (3, 3))(h)
+    return nn.silu(nn.GroupNorm(num_groups=min(8, features))(h))
+
+  @nn.compact
+  def __call__(self, x: jax.Array, sigma: jax.Array) -> jax.Array:
+    h = nn.Conv(self.features[0], (3, 3))(x / jnp.sqrt(1. + sigma ** 2)[:, None, None, None])
+    h = h + nn.Dense(self.features[0])(jnp.log(sigma)[:, None])[:, None, None, :]
+    skips = []
+    for level, features in enumerate(self.features):
+      if level > 0:
+        h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+      for _ in range(self.num_convs):
+        h = self._block(h, features)
+      skips.append(h)
+    for level in reversed(range(len(self.features))):
+      if level < len(self.features) - 1:
+        b, hh, ww, c = h.shape
+        h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), 'nearest')
+      h = self._block(h, self.features[level]) + skips[level]
+      for _ in range(self.num_convs - 1):
+        h = self._block(h, self.features[level])
+    out = nn.Conv(x.shape[-1], (3, 3))(h)
+    return out / sigma[:, None, None, None]
+
+
+def _net_score(params, x, t, *, model: ConvScoreNet, sde: sde_lib.VESDE):
+  """VE score of the net: the marginal std σ(t) is its noise label (score_sde's continuous VE)."""
+  return model.apply(params, x, sde.marginal_prob(x, t)[1])
+
+
+def conv_score_fn(model: ConvScoreNet, sde: sde_lib.VESDE, shape: Tuple[int, int, int, int],
+                  seed: int = 0) -> Tuple[jax.tree_util.Partial, int]:
+  """(score_fn, number of parameters) with random weights bound as jit arguments of a `Partial`."""
+  x = jnp.zeros(shape, jnp.float32)
+  params = model.init(jax.random.PRNGKey(seed), x, jnp.ones(shape[0]))
+  num_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+  return jax.tree_util.Partial(functools.partial(_net_score, model=model, sde=sde), params), num_params
+
+
+# ----------------------------------------------------------------------------- timing and output
+
+
+def seconds(fn: Callable, *args, **kwargs) -> float:
+  """Wall time of fn(*args, **kwargs) up to the readiness of its outputs."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args, **kwargs))
+  return time.perf_counter() - start
+
+
+def median(values: Sequence[float]) -> float:
+  return float(statistics.median(values))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+  """A GitHub markdown table; floats are written with 4 significant digits."""
+  fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else ('—' if v is None else str(v))
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def output_paths(name: str, out_dir: Optional[str], quick: bool) -> Dict[str, pathlib.Path]:
+  """results/<name>.json and .png (<name>_quick.* for the smoke setting, never overwriting a full run)."""
+  directory = pathlib.Path(out_dir) if out_dir else RESULTS_DIR
+  directory.mkdir(parents=True, exist_ok=True)
+  stem = f'{name}_quick' if quick else name
+  return {'json': directory / f'{stem}.json', 'png': directory / f'{stem}.png'}
+
+
+def write_json(path: pathlib.Path, payload: dict) -> None:
+  tmp = path.with_suffix('.json.tmp')
+  tmp.write_text(json.dumps(payload, indent=2) + '\n')
+  tmp.replace(path)

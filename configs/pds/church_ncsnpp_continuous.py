@@ -1,0 +1,16 @@
+"""PDS's official LSUN church_outdoor 256px config (fudan-zvg/PDS `configs/ve/church_ncsnpp_continuous.py`)."""
+from configs.ve import church_ncsnpp_continuous
+
+
+def get_config():
+  """score_sde's `configs.ve.church_ncsnpp_continuous` with the sampling batch of the official PDS config.
+
+  PDS keeps score_sde's model and sampler: reverse_diffusion + langevin, n_steps_each 1, noise_removal,
+  snr 0.075, σ 0.01…380, 2000 scales.
+  speed_up, alpha and the mask paths keep the defaults of PDS's `main.py` flags (1, 5, none).
+  Preconditioning in the paper: frequency mask only.
+  """
+  config = church_ncsnpp_continuous.get_config()
+  config.eval.batch_size = 2
+  config.eval.num_samples = 10
+  return config

@@ -1,0 +1,9 @@
+"""NCSN (v1) with NCSNv2 techniques 1, 2, 4, 5 on CelebA; score_sde `configs/ve/ncsn/celeba_1245.py`."""
+from configs.ve.ncsn import celeba_124
+
+
+def get_config():
+  """Techniques 1, 2, 4 plus an EMA of the weights."""
+  config = celeba_124.get_config()
+  config.model.ema_rate = 0.999
+  return config

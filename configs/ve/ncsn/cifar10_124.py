@@ -1,0 +1,41 @@
+"""NCSN (v1) with NCSNv2 techniques 1, 2, 4 on CIFAR-10; score_sde `configs/ve/ncsn/cifar10_124.py`."""
+from configs.default_cifar10_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+  # training
+  training = config.training
+  training.sde = 'vesde'
+  training.continuous = False
+  # sampling
+  sampling = config.sampling
+  sampling.method = 'pc'
+  sampling.predictor = 'none'
+  sampling.corrector = 'ald'
+  sampling.n_steps_each = 5
+  sampling.snr = 0.176
+  # model
+  model = config.model
+  model.name = 'ncsn'
+  model.scale_by_sigma = False
+  model.num_scales = 232
+  # score_sde's NCSN reads model.num_classes but its configs never set it: one class per noise level.
+  model.num_classes = 232
+  model.ema_rate = 0.
+  model.normalization = 'InstanceNorm++'
+  model.nonlinearity = 'elu'
+  model.nf = 128
+  model.interpolation = 'bilinear'
+  # optim
+  optim = config.optim
+  optim.weight_decay = 0
+  optim.optimizer = 'Adam'
+  optim.lr = 1e-3
+  optim.beta1 = 0.9
+  optim.amsgrad = False
+  optim.eps = 1e-8
+  optim.warmup = 0
+  optim.grad_clip = -1.
+
+  return config

@@ -1,0 +1,31 @@
+"""pds_jax: preconditioned diffusion sampling for score_sde models in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name='pds_jax',
+    version='0.1.0',
+    description='Preconditioned diffusion sampling (PDS) and score_sde compatibility in JAX/Flax',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.11,<3.12',
+    packages=find_packages(include=['pds_jax', 'pds_jax.*', 'configs', 'configs.*']),
+    py_modules=['main', 'run_lib'],
+    install_requires=[
+        'jax==0.10.2',
+        'jaxlib==0.10.2',
+        'flax==0.12.8',
+        'optax==0.2.8',
+        'orbax-checkpoint==0.12.8',
+        'ml_collections==1.1.0',
+        'absl-py==2.5.1',
+        'numpy==2.4.6',
+        'msgpack==1.2.4',
+        'tqdm==4.70.1',
+        'pillow==12.3.0',
+        'matplotlib==3.11.2',
+    ],
+    extras_require={
+        'test': ['pytest==9.2.0', 'hypothesis==6.170.15'],
+        'torch': ['torch==2.13.0'],
+    },
+)
