@@ -21,8 +21,6 @@ import jax.numpy as jnp
 from benchmarks import common
 from pds_jax import gaussian, preconditioning
 
-SIGMA_MAX = 48.7  # song_ermon_sigma_max of the 64x64x3 Gaussian reference (any value times the same)
-
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +50,7 @@ def _op_ms(fn, x, repeats: int) -> float:
 def run(args: argparse.Namespace) -> dict:
   shape = (args.batch_size, args.size, args.size, 3)
   model = common.ConvScoreNet(features=tuple(int(f) for f in args.features.split(',')), num_convs=args.num_convs)
-  sampler = common.ve_sampler(SIGMA_MAX, shape, args.num_steps)
+  sampler = common.ve_sampler(common.SIGMA_MAX_64, shape, args.num_steps)
   score_fn, num_params = common.conv_score_fn(model, sampler.sde, shape, args.seed)
   freq_stat, space_stat = common.reference_statistics(gaussian.GaussianReference.power_law(shape[1:]))
   methods = {'vanilla': None,
@@ -87,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
       'setting': {'shape': list(shape), 'num_steps': args.num_steps, 'repeats': args.repeats,
                   'net': {'class': 'benchmarks.common.ConvScoreNet', 'features': list(model.features),
                           'num_convs': model.num_convs, 'num_params': num_params, 'weights': 'random'},
-                  'sampler': 'reverse_diffusion + langevin, snr 0.16, VESDE(0.01, %g, N), eps 1e-5 * 2000 / N' % SIGMA_MAX,
+                  'sampler': 'reverse_diffusion + langevin, snr 0.16, VESDE(0.01, %g, N), eps 1e-5 * 2000 / N' % common.SIGMA_MAX_64,
                   'masks': 'official statistics of 200 clipped exact draws of the Gaussian reference, alpha %g' % args.alpha,
                   'score_evals_per_step': 2, 'quick': args.quick,
                   'timing': 'wall time of sampler(rng, score_fn, M) after a warm-up call, methods alternated per '

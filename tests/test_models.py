@@ -3,7 +3,6 @@
 Fixtures (../shared/fixtures/score_sde/<name>/) hold legacy checkpoints of score_sde models (nf 8)
 and the original code's outputs on a seeded batch; ours must agree to 1e-5 relative per sample.
 """
-import functools
 import json
 import pathlib
 
@@ -17,6 +16,7 @@ from flax import traverse_util
 
 from configs.default_cifar10_configs import get_default_configs
 from pds_jax import sde_lib
+from pds_jax.models import layers
 from pds_jax.models import up_or_down_sampling as uds
 from pds_jax.models import utils as mutils
 
@@ -213,35 +213,80 @@ TINY_CONFIGS = {
 }
 
 
-def _init_and_apply(config, x, labels):
-  """Initialises the model of `config` and applies it (one jitted program: compiles faster than eager init)."""
-  model, states, params = mutils.init_model(jax.random.PRNGKey(0), config)
-  return states, mutils.get_model_fn(model, params, states)(x, labels)
+def _random_params(config, seed: int = 0):
+  """The model of `config` with N(0, 0.1²) parameters in score_sde's tree (jitted random init compiles slowly)."""
+  shapes = jax.eval_shape(lambda rng: mutils.init_model(rng, config)[2], jax.random.PRNGKey(0))
+  rng = np.random.RandomState(seed)
+  model = mutils.get_model(config.model.name)(config=config)
+  return model, jax.tree_util.tree_map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype), shapes)
 
 
 @pytest.mark.parametrize('variant', sorted(TINY_CONFIGS))
 def test_tiny_models_keep_the_input_shape(variant):
   config = _tiny_config(**TINY_CONFIGS[variant])
+  model, params = _random_params(config)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3))
   if config.model.name == 'ncsnpp' and config.model.embedding_type == 'fourier':
     labels = jnp.array([0.5, 20.])  # noise levels σ
   else:
     labels = jnp.array([0, config.model.num_scales - 1])  # time steps / noise-level indices
-  states, (out, new_states) = jax.jit(functools.partial(_init_and_apply, config))(x, labels)
-  assert states == {} and new_states == {}
+  out = _apply(mutils.get_model_fn(model, params, {}), x, labels)
   assert out.shape == x.shape and out.dtype == jnp.float32
-  assert bool(jnp.isfinite(out).all())
+  assert bool(jnp.isfinite(out).all()) and float(jnp.abs(out).max()) > 0
 
 
 def test_dropout_in_train_mode():
   config = _tiny_config('ncsnpp', dropout=0.5)
-  model, states, params = mutils.init_model(jax.random.PRNGKey(0), config)
-  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # make the zero-initialised last convs count
+  model, params = _random_params(config)
   x, labels = jnp.ones((1, 8, 8, 3)), jnp.array([1.])
-  model_fn = mutils.get_model_fn(model, params, states, train=True)
+  model_fn = mutils.get_model_fn(model, params, {}, train=True)
   a, b = (model_fn(x, labels, jax.random.PRNGKey(i))[0] for i in (0, 1))
-  c, _ = mutils.get_model_fn(model, params, states)(x, labels)
+  c, _ = mutils.get_model_fn(model, params, {})(x, labels)
   assert not np.allclose(a, b) and not np.allclose(a, c)
+
+
+def _bound(scale: float, fan: float) -> float:
+  """Half-width of a variance-scaling uniform initialiser."""
+  return float(np.sqrt(3 * scale / fan))
+
+
+def test_init_model_uses_score_sde_initialisers():
+  config = _tiny_config('ncsnpp', progressive_input='residual', nf=16)
+  # an rbg key: threefry random init compiles slowly on CPU; init_model takes any key
+  model, states, params = mutils.init_model(jax.random.key(0, impl='rbg'), config)
+  assert states == {}
+  flat = traverse_util.flatten_dict(params, sep='/')
+  _, expected = _random_params(config)
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)
+  for path, value in flat.items():
+    value = np.asarray(value)
+    if path.split('/')[-2].startswith('GroupNorm'):  # flax GroupNorm: scale 1, bias 0
+      np.testing.assert_array_equal(value, 1. if path.endswith('scale') else 0., err_msg=path)
+    elif path.endswith(('/bias', '/b')):  # DDPM initialisation: zero biases
+      np.testing.assert_array_equal(value, 0., err_msg=path)
+  kernel = np.asarray(flat['Conv_0/kernel'])  # default_init(1): fan_avg uniform
+  bound = _bound(1., 9 * (3 + 16) / 2)
+  assert bound / 2 < np.abs(kernel).max() <= bound
+  last = max((p for p in flat if p.startswith('Conv_') and p.endswith('kernel')), key=lambda p: int(p[5:-7]))
+  assert np.abs(np.asarray(flat[last])).max() < 1e-8  # init_scale 0 → 1e-10
+  nin = np.asarray(flat['AttnBlockpp_0/NIN_0/W'])  # NIN: default_init(0.1)
+  assert _bound(0.1, 32) / 2 < np.abs(nin).max() <= _bound(0.1, 32)
+  assert np.abs(np.asarray(flat['AttnBlockpp_0/NIN_3/W'])).max() < 1e-8
+  assert np.asarray(flat['Downsample_0/Conv2d_0/weight']).shape == (3, 3, 3, 16)
+
+
+def test_ncsn_conv_initialisation():
+  """NCSN convs initialise like PyTorch: kernel and bias uniform within ±1/sqrt(fan_in)."""
+
+  class Net(flax.linen.Module):
+    @flax.linen.compact
+    def __call__(self, x):
+      return layers.ncsn_conv3x3(x, 64)
+
+  params = Net().init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 16)))['params']['Conv_0']
+  bound = 1 / np.sqrt(9 * 16)
+  for leaf in (params['kernel'], params['bias']):
+    assert bound * 0.8 < np.abs(np.asarray(leaf)).max() <= bound
 
 
 def _upfirdn_reference(x, k, up, down, pad0, pad1):

@@ -1,0 +1,55 @@
+"""Command-line entry point of pds_jax (score_sde / official PDS flags); the modes live in run_lib."""
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections.config_flags import config_flags
+
+import run_lib
+
+FLAGS = flags.FLAGS
+
+config_flags.DEFINE_config_file('config', None, 'Configuration file (ml_collections).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Work directory (checkpoints/ of the model; outputs go under it).')
+flags.DEFINE_enum('mode', None, list(run_lib.MODES), 'Running mode.')
+flags.DEFINE_string('eval_folder', None, 'Output folder inside workdir (default: eval, or compare for --mode compare).')
+flags.DEFINE_float('speed_up', 1., 'PDS speed-up k: sample with int(num_scales / k) steps.')
+flags.DEFINE_float('alpha', 5., 'PDS mask strength alpha >= 1 (larger = closer to the vanilla sampler).')
+flags.DEFINE_string('freq_mask_path', None, 'Official PDS frequency statistic (.npy, shape (C, H, W)).')
+flags.DEFINE_string('space_mask_path', None, 'Official PDS space statistic (.npy, shape (C, H, W)).')
+flags.DEFINE_string('pytorch_checkpoint', None, 'score_sde_pytorch .pth file for --mode convert.')
+flags.DEFINE_string('jax_cache', os.path.expanduser('~/.cache/pds_jax/jax'),
+                    'Persistent JAX compilation cache folder ("" to disable).')
+flags.mark_flags_as_required(['workdir', 'config', 'mode'])
+
+# The official PDS flags override config.sampling.<name> when given on the command line.
+_PDS_FLAGS = ('speed_up', 'alpha', 'freq_mask_path', 'space_mask_path')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.getLogger().setLevel(logging.INFO)
+  if FLAGS.jax_cache:
+    import jax
+    jax.config.update('jax_compilation_cache_dir', FLAGS.jax_cache)
+  config = FLAGS.config
+  with config.unlocked():
+    for name in _PDS_FLAGS:
+      if FLAGS[name].present:
+        setattr(config.sampling, name, FLAGS[name].value)
+  try:
+    if FLAGS.mode == 'sample':
+      run_lib.sample(config, FLAGS.workdir, FLAGS.eval_folder or 'eval')
+    elif FLAGS.mode == 'compare':
+      run_lib.compare(config, FLAGS.workdir, FLAGS.eval_folder or 'compare')
+    elif FLAGS.mode == 'convert':
+      run_lib.convert(config, FLAGS.workdir, FLAGS.pytorch_checkpoint)
+  except (ValueError, FloatingPointError) as e:  # bad input or non-finite samples: a message, not a traceback
+    print(f'pds_jax: error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

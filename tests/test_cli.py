@@ -1,0 +1,114 @@
+"""End-to-end tests of main.py (subprocesses, as a user runs it)."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+TINY_GAUSSIAN = ['--config', str(ROOT / 'configs/gaussian/natural_32.py'), '--config.data.image_size=8',
+                 '--config.eval.batch_size=8', '--config.eval.num_samples=12', '--config.sampling.num_chunks=2']
+
+
+def _main(*args, cwd=None, check=True):
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(ROOT / '.jax_cache'))
+  proc = subprocess.run([sys.executable, str(ROOT / 'main.py'), f'--jax_cache={ROOT / ".jax_cache"}', *args],
+                        cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'main.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+  return proc
+
+
+def test_sample_writes_rounds_grid_and_report(tmp_path):
+  _main(*TINY_GAUSSIAN, '--mode=sample', f'--workdir={tmp_path}', '--speed_up=200')
+  out = tmp_path / 'eval'
+  assert sorted(p.name for p in out.iterdir()) == ['grid.png', 'report.json', 'samples_0.npz', 'samples_1.npz']
+  with np.load(out / 'samples_0.npz') as f:
+    assert f['samples'].shape == (8, 8, 8, 3) and f['samples'].dtype == np.uint8
+    assert f['samples_float'].dtype == np.float32 and np.all(np.isfinite(f['samples_float']))
+  report = json.loads((out / 'report.json').read_text())
+  assert report['num_samples'] == 12 and report['settings']['num_steps'] == 10
+  assert report['nfe_per_sample'] == 20 and report['settings']['preconditioned'] is False
+  assert set(report['metrics']) == {'log_variance_error', 'frechet_distance'}
+  assert Image.open(out / 'grid.png').size[0] > 8
+
+
+def test_sample_with_official_masks_and_cli_overrides(tmp_path):
+  from pds_jax import preconditioning
+  rs = np.random.RandomState(0)
+  freq, space = rs.uniform(1, 5, (8, 8, 3)), rs.uniform(0.1, 1, (8, 8, 3))
+  preconditioning.save_statistics(freq, space, str(tmp_path / 'freq.npy'), str(tmp_path / 'space.npy'))
+  _main(*TINY_GAUSSIAN, '--mode=sample', f'--workdir={tmp_path}', '--speed_up=400', '--alpha=2',
+        f'--freq_mask_path={tmp_path / "freq.npy"}', f'--space_mask_path={tmp_path / "space.npy"}',
+        '--config.sampling.pds_variant=marginal_preserving', '--eval_folder=pds')
+  settings = json.loads((tmp_path / 'pds' / 'report.json').read_text())['settings']
+  assert settings['preconditioned'] and settings['alpha'] == 2 and settings['num_steps'] == 5
+  assert settings['pds_variant'] == 'marginal_preserving'
+
+
+def test_compare_prints_both_errors(tmp_path):
+  proc = _main(*TINY_GAUSSIAN, '--mode=compare', f'--workdir={tmp_path}', '--speed_up=200')
+  assert 'vanilla  steps=   10' in proc.stdout and 'pds      steps=   10' in proc.stdout
+  report = json.loads((tmp_path / 'compare' / 'report.json').read_text())
+  assert report['pds']['settings']['preconditioned'] and not report['vanilla']['settings']['preconditioned']
+  assert (tmp_path / 'compare' / 'vanilla_vs_pds.png').is_file()
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--speed_up=0'], 'speed_up = 0.0 must be > 0'),
+    (['--speed_up=5000'], 'must be > 0 and <= model.num_scales'),
+    (['--alpha=0.5', '--freq_mask_path={mask}'], 'alpha must be a finite number >= 1'),
+    (['--freq_mask_path={bad_mask}'], r'does not match the model: expected \(C, H, W\) = \(3, 8, 8\)'),
+    (['--freq_mask_path={tmp}/missing.npy'], 'missing.npy: mask file not found'),
+    (['--config.sampling.predictor=heun'], "Unknown predictor 'heun'"),
+])
+def test_bad_input_is_a_clear_error_before_any_compute(tmp_path, args, message):
+  np.save(tmp_path / 'mask.npy', np.ones((3, 8, 8), np.float32))
+  np.save(tmp_path / 'bad_mask.npy', np.ones((3, 16, 16), np.float32))
+  args = [a.format(mask=tmp_path / 'mask.npy', bad_mask=tmp_path / 'bad_mask.npy', tmp=tmp_path) for a in args]
+  proc = _main(*TINY_GAUSSIAN, '--mode=sample', f'--workdir={tmp_path / "run"}', *args, check=False)
+  assert proc.returncode == 2, proc.stderr
+  assert 'pds_jax: error:' in proc.stderr
+  import re
+  assert re.search(message, proc.stderr), proc.stderr
+  assert not (tmp_path / 'run' / 'eval').exists() or not any((tmp_path / 'run' / 'eval').iterdir())
+
+
+def test_unknown_mode_and_config_field_are_rejected(tmp_path):
+  proc = _main(*TINY_GAUSSIAN, '--mode=dance', f'--workdir={tmp_path}', check=False)
+  assert proc.returncode != 0 and 'dance' in proc.stderr and 'sample' in proc.stderr
+  proc = _main(*TINY_GAUSSIAN, '--config.sampling.speedup=3', '--mode=sample', f'--workdir={tmp_path}', check=False)
+  assert proc.returncode != 0 and 'speedup' in proc.stderr
+
+
+def test_non_writable_output_folder(tmp_path):
+  if os.geteuid() == 0:
+    target = '/proc/pds_jax_cannot_write_here'  # root can write anywhere chmod allows
+  else:
+    (tmp_path / 'ro').mkdir(mode=0o500)
+    target = str(tmp_path / 'ro')
+  proc = _main(*TINY_GAUSSIAN, '--mode=sample', f'--workdir={target}', check=False)
+  assert proc.returncode == 2 and 'output folder' in proc.stderr
+
+
+def test_sample_from_a_score_sde_checkpoint_with_pds(tmp_path, fixtures_dir):
+  """A legacy score_sde checkpoint, sampled with PDS through the CLI (nf shrunk to 8 as in the fixture)."""
+  fixture = fixtures_dir / 'score_sde' / 've_cifar10_ncsnpp_continuous'
+  shutil.copytree(fixture / 'checkpoints', tmp_path / 'checkpoints')
+  from pds_jax import preconditioning
+  freq = np.random.RandomState(0).uniform(1, 9, (32, 32, 3))
+  preconditioning.save_statistics(freq, None, str(tmp_path / 'freq.npy'))
+  _main('--config', str(ROOT / 'configs/ve/cifar10_ncsnpp_continuous.py'), '--config.model.nf=8',
+        '--config.eval.batch_size=2', '--config.eval.num_samples=2', '--mode=sample', f'--workdir={tmp_path}',
+        '--speed_up=500', f'--freq_mask_path={tmp_path / "freq.npy"}')
+  report = json.loads((tmp_path / 'eval' / 'report.json').read_text())
+  assert report['settings']['model'] == 'ncsnpp' and report['settings']['checkpoint_step'] == 1
+  assert report['settings']['num_steps'] == 2 and report['nfe_per_sample'] == 4
+  with np.load(tmp_path / 'eval' / 'samples_0.npz') as f:
+    assert f['samples'].shape == (2, 32, 32, 3) and np.all(np.isfinite(f['samples_float']))
