@@ -72,7 +72,9 @@ def measure(args: argparse.Namespace) -> dict:
   score_fn, _ = common.conv_score_fn(model, sampler.sde, shape)
   # Every worker computes the statistics, so all pay the same one-off JAX/XLA start-up before timing.
   freq_stat, _ = common.reference_statistics(gaussian.GaussianReference.power_law(shape[1:]))
-  pre = preconditioning.from_statistics(freq_stat, None, 5.) if method == 'pds_freq' else preconditioning.Preconditioner()
+  pre = preconditioning.Preconditioner()
+  if method == 'pds_freq':
+    pre = preconditioning.from_statistics(freq_stat, None, 5.)
   carry = jax.block_until_ready(sampler._init(jax.random.PRNGKey(0), pre))
   rss_before = _rss_mb()
   start = time.perf_counter()
@@ -144,10 +146,11 @@ def plot(payload: dict, path) -> None:
   axes[1].bar(x, [r['peak_rss_mb'] for r in rows], label='peak RSS')
   axes[1].bar(x, [r['rss_before_lower_mb'] for r in rows], label='RSS before lowering', alpha=0.7)
   axes[1].set_ylabel('MiB (median)')
-  axes[1].legend()
+  axes[1].legend(loc='lower right')
   for ax in axes:
     ax.set_xticks(list(x), labels, fontsize=8)
-  fig.suptitle('Compiling the sampler scan (cache disabled): N = 50 vs 2000', fontsize=10)
+  steps = ' vs '.join(str(n) for n in payload['setting']['steps'])
+  fig.suptitle(f'Compiling the sampler scan (compilation cache disabled): N = {steps}', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

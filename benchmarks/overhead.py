@@ -85,8 +85,10 @@ def run(args: argparse.Namespace) -> dict:
       'setting': {'shape': list(shape), 'num_steps': args.num_steps, 'repeats': args.repeats,
                   'net': {'class': 'benchmarks.common.ConvScoreNet', 'features': list(model.features),
                           'num_convs': model.num_convs, 'num_params': num_params, 'weights': 'random'},
-                  'sampler': 'reverse_diffusion + langevin, snr 0.16, VESDE(0.01, %g, N), eps 1e-5 * 2000 / N' % common.SIGMA_MAX_64,
-                  'masks': 'official statistics of 200 clipped exact draws of the Gaussian reference, alpha %g' % args.alpha,
+                  'sampler': f'reverse_diffusion + langevin, snr {common.SNR}, '
+                             f'VESDE({common.SIGMA_MIN}, {common.SIGMA_MAX_64}, N), eps 1e-5 * 2000 / N',
+                  'masks': 'official statistics of 200 clipped exact draws of the Gaussian reference, '
+                           f'alpha {args.alpha:g}',
                   'score_evals_per_step': 2, 'quick': args.quick,
                   'timing': 'wall time of sampler(rng, score_fn, M) after a warm-up call, methods alternated per '
                             'repetition; ratio = median over repetitions of PDS / vanilla of the same repetition'},

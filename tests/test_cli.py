@@ -112,3 +112,19 @@ def test_sample_from_a_score_sde_checkpoint_with_pds(tmp_path, fixtures_dir):
   assert report['settings']['num_steps'] == 2 and report['nfe_per_sample'] == 4
   with np.load(tmp_path / 'eval' / 'samples_0.npz') as f:
     assert f['samples'].shape == (2, 32, 32, 3) and np.all(np.isfinite(f['samples_float']))
+
+
+def test_convert_a_score_sde_pytorch_checkpoint(tmp_path, fixtures_dir):
+  pytest.importorskip('torch')
+  pth = fixtures_dir / 'score_sde_pytorch' / 've_cifar10_ncsnpp_continuous' / 'checkpoint.pth'
+  config = ['--config', str(ROOT / 'configs/ve/cifar10_ncsnpp_continuous.py'), '--config.model.nf=8']
+  proc = _main(*config, '--mode=convert', f'--workdir={tmp_path}', f'--pytorch_checkpoint={pth}')
+  written = tmp_path / 'checkpoints' / 'checkpoint_1'
+  assert written.is_file() and str(written) in proc.stdout
+  from configs.ve.cifar10_ncsnpp_continuous import get_config
+  from pds_jax import checkpoints
+  cfg = get_config()
+  cfg.model.nf = 8
+  assert int(checkpoints.restore_checkpoint(str(tmp_path), cfg).step) == 1
+  proc = _main(*config, '--mode=convert', f'--workdir={tmp_path}', check=False)
+  assert proc.returncode == 2 and '--pytorch_checkpoint' in proc.stderr
