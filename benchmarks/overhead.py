@@ -28,7 +28,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--size', type=int, default=64)
   p.add_argument('--batch_size', type=int, default=8)
   p.add_argument('--num_steps', type=int, default=50)
-  p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--repeats', type=int, default=7)
   p.add_argument('--features', type=str, default='32,64,128,256', help='channels per level of the net')
   p.add_argument('--num_convs', type=int, default=2)
   p.add_argument('--alpha', type=float, default=5.)

