@@ -7,11 +7,9 @@ atomically (temp file + rename), so an interrupted run never leaves a half-writt
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
-import tempfile
 import time
 from typing import Callable, Dict, Optional, Tuple
 
@@ -21,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from pds_jax import gaussian, preconditioning, sampling, sde_lib
+from pds_jax.io_utils import atomic_write
 from pds_jax.preconditioning import Preconditioner
 
 GAUSSIAN_REFERENCE = 'gaussian_reference'
@@ -30,28 +29,12 @@ MODES = ('sample', 'compare', 'convert')
 # ----------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
-  """Writes a file through `write(f)` into a temp file of the same folder, then renames it."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_json(path: str, obj) -> None:
-  _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode()))
+  atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode()))
 
 
 def write_npz(path: str, **arrays) -> None:
-  _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+  atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def image_grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
@@ -69,7 +52,7 @@ def image_grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2) -> 
 
 def write_png(path: str, grid: np.ndarray) -> None:
   from PIL import Image
-  _atomic_write(path, lambda f: Image.fromarray(grid).save(f, format='PNG'))
+  atomic_write(path, lambda f: Image.fromarray(grid).save(f, format='PNG'))
 
 
 def _output_folder(workdir: str, eval_folder: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import flax
@@ -24,6 +23,7 @@ import ml_collections
 import numpy as np
 from flax import serialization, traverse_util
 
+from pds_jax.io_utils import atomic_write
 from pds_jax.models import utils as mutils
 
 Params = Dict[str, Any]
@@ -322,14 +322,6 @@ def state_to_legacy_dict(state: State) -> Dict[str, Any]:
           'rng': np.asarray(state.rng, np.uint32)}
 
 
-def _fsync_folder(folder: str) -> None:
-  fd = os.open(folder, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
 def save_checkpoint(ckpt_dir: str, state: State, step: int, keep: Optional[int] = 1) -> str:
   """Writes `ckpt_dir`/checkpoint_<step> in the legacy layout, atomically, and keeps the `keep`
   highest-numbered checkpoints (all of them when `keep` is None). Returns the file's path.
@@ -342,19 +334,7 @@ def save_checkpoint(ckpt_dir: str, state: State, step: int, keep: Optional[int] 
   data = serialization.msgpack_serialize(state_to_legacy_dict(state), in_place=True)
   os.makedirs(ckpt_dir, exist_ok=True)
   final = os.path.join(ckpt_dir, f'checkpoint_{int(step)}')
-  fd, tmp = tempfile.mkstemp(prefix=f'.checkpoint_{int(step)}.', suffix='.tmp', dir=ckpt_dir)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, final)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  _fsync_folder(ckpt_dir)
+  atomic_write(final, lambda f: f.write(data))
   if keep is not None:
     for _, old in _numbered_checkpoints(ckpt_dir)[:-keep]:
       os.remove(old)

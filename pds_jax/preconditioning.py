@@ -15,13 +15,14 @@ The official `.npy` files are (C, H, W) (NCHW code); `load` transposes them to H
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from pds_jax.io_utils import atomic_write
 
 Shape = Tuple[int, int, int]
 
@@ -194,22 +195,6 @@ def load(freq_mask_path: Optional[str] = None, space_mask_path: Optional[str] = 
   return from_statistics(stats[0], stats[1], alpha, shape, names=(str(freq_mask_path), str(space_mask_path)))
 
 
-def _atomic_save_npy(path: str, arr: np.ndarray) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix='.npy')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.save(f, arr)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def save_statistics(freq_stat: Optional[np.ndarray], space_stat: Optional[np.ndarray],
                     freq_path: Optional[str] = None, space_path: Optional[str] = None) -> Sequence[str]:
   """Writes (H, W, C) statistics in the official (C, H, W) float32 `.npy` format, atomically.
@@ -221,6 +206,7 @@ def save_statistics(freq_stat: Optional[np.ndarray], space_stat: Optional[np.nda
     if stat is None or path is None:
       continue
     stat = _validate_statistic(stat, name, None)
-    _atomic_save_npy(path, np.ascontiguousarray(np.transpose(stat, (2, 0, 1)).astype(np.float32)))
+    chw = np.ascontiguousarray(np.transpose(stat, (2, 0, 1)).astype(np.float32))
+    atomic_write(path, lambda f: np.save(f, chw))
     written.append(path)
   return written

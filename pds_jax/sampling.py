@@ -43,7 +43,7 @@ from jax.tree_util import Partial
 
 from pds_jax import sde_lib
 from pds_jax.preconditioning import Preconditioner
-from pds_jax.utils import batch_mul
+from pds_jax.utils import batch_mul, registry_decorator
 
 _CORRECTORS = {}
 _PREDICTORS = {}
@@ -52,20 +52,8 @@ PDS_VARIANTS = ('official', 'marginal_preserving')
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _registry_decorator(registry: dict, kind: str):
-  def register(cls=None, *, name=None):
-    def _register(cls):
-      local_name = cls.__name__ if name is None else name
-      if local_name in registry:
-        raise ValueError(f'Already registered {kind} with name: {local_name}')
-      registry[local_name] = cls
-      return cls
-    return _register if cls is None else _register(cls)
-  return register
-
-
-register_predictor = _registry_decorator(_PREDICTORS, 'predictor')
-register_corrector = _registry_decorator(_CORRECTORS, 'corrector')
+register_predictor = registry_decorator(_PREDICTORS, 'predictor')
+register_corrector = registry_decorator(_CORRECTORS, 'corrector')
 
 
 def _lookup(registry: dict, kind: str, name: str):
@@ -224,14 +212,17 @@ class NonePredictor(Predictor):
     return x, x
 
 
-@register_corrector(name='langevin')
-class LangevinCorrector(Corrector):
-  """Official PDS Langevin: g = M Mᵀ s, ν = M ξ, ε = 2 α (snr ‖ν‖ / ‖g‖)², x += ε g + sqrt(2ε) ν."""
+class _LangevinType(Corrector):
+  """Langevin MCMC at fixed t: n_steps of x_mean = x + ε M Mᵀ s, x = x_mean + sqrt(2ε) M ξ."""
 
   def __init__(self, sde, score_fn, snr, n_steps, preconditioner=None, axis_name=None):
     if not isinstance(sde, (sde_lib.VPSDE, sde_lib.VESDE, sde_lib.subVPSDE)):
       raise NotImplementedError(f'SDE class {sde.__class__.__name__} not yet supported.')
     super().__init__(sde, score_fn, snr, n_steps, preconditioner, axis_name)
+
+  @abc.abstractmethod
+  def step_size(self, grad: jax.Array, noise: jax.Array, alpha: jax.Array, t: jax.Array) -> jax.Array:
+    """ε (B,) from the preconditioned score and noise of this step."""
 
   def update_fn(self, rng, x, t):
     alpha = _vp_alpha(self.sde, t)
@@ -240,41 +231,32 @@ class LangevinCorrector(Corrector):
       rng, x, x_mean = val
       rng, step_rng = jax.random.split(rng)
       grad, noise = self.precondition(step_rng, self.score_fn(x, t))
-      grad_norm = self._pmean(jnp.linalg.norm(grad.reshape((grad.shape[0], -1)), axis=-1).mean())
-      noise_norm = self._pmean(jnp.linalg.norm(noise.reshape((noise.shape[0], -1)), axis=-1).mean())
-      step_size = (self.snr * noise_norm / grad_norm) ** 2 * 2 * alpha
+      step_size = self.step_size(grad, noise, alpha, t)
       x_mean = x + batch_mul(step_size, grad)
       x = x_mean + batch_mul(noise, jnp.sqrt(step_size * 2))
       return rng, x, x_mean
 
     _, x, x_mean = jax.lax.fori_loop(0, self.n_steps, loop_body, (rng, x, x))
     return x, x_mean
+
+
+@register_corrector(name='langevin')
+class LangevinCorrector(_LangevinType):
+  """Official PDS Langevin: g = M Mᵀ s, ν = M ξ, ε = 2 α (snr ‖ν‖ / ‖g‖)² with batch-mean norms."""
+
+  def step_size(self, grad, noise, alpha, t):
+    grad_norm = self._pmean(jnp.linalg.norm(grad.reshape((grad.shape[0], -1)), axis=-1).mean())
+    noise_norm = self._pmean(jnp.linalg.norm(noise.reshape((noise.shape[0], -1)), axis=-1).mean())
+    return (self.snr * noise_norm / grad_norm) ** 2 * 2 * alpha
 
 
 @register_corrector(name='ald')
-class AnnealedLangevinDynamics(Corrector):
+class AnnealedLangevinDynamics(_LangevinType):
   """NCSN's annealed Langevin dynamics, ε = 2 α (snr σ(t))², preconditioned like `langevin`."""
 
-  def __init__(self, sde, score_fn, snr, n_steps, preconditioner=None, axis_name=None):
-    if not isinstance(sde, (sde_lib.VPSDE, sde_lib.VESDE, sde_lib.subVPSDE)):
-      raise NotImplementedError(f'SDE class {sde.__class__.__name__} not yet supported.')
-    super().__init__(sde, score_fn, snr, n_steps, preconditioner, axis_name)
-
-  def update_fn(self, rng, x, t):
-    alpha = _vp_alpha(self.sde, t)
-    std = self.sde.marginal_prob(x, t)[1]
-
-    def loop_body(step, val):
-      rng, x, x_mean = val
-      rng, step_rng = jax.random.split(rng)
-      grad, noise = self.precondition(step_rng, self.score_fn(x, t))
-      step_size = (self.snr * std) ** 2 * 2 * alpha
-      x_mean = x + batch_mul(step_size, grad)
-      x = x_mean + batch_mul(noise, jnp.sqrt(step_size * 2))
-      return rng, x, x_mean
-
-    _, x, x_mean = jax.lax.fori_loop(0, self.n_steps, loop_body, (rng, x, x))
-    return x, x_mean
+  def step_size(self, grad, noise, alpha, t):
+    std = self.sde.marginal_prob(grad, t)[1]
+    return (self.snr * std) ** 2 * 2 * alpha
 
 
 @register_corrector(name='none')

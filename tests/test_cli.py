@@ -1,7 +1,6 @@
 """End-to-end tests of main.py (subprocesses, as a user runs it)."""
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys

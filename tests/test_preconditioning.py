@@ -130,7 +130,7 @@ def test_official_file_round_trip(tmp_path):
   # The official code also reads (1, C, H, W) arrays, as mask_gen_demo.py's torch means could give.
   np.save(tmp_path / 'batched.npy', on_disk[None])
   np.testing.assert_allclose(pc.load(str(tmp_path / 'batched.npy'), alpha=3.).freq_mask, direct.freq_mask, rtol=1e-6)
-  assert not [p for p in os.listdir(tmp_path) if p.startswith('.tmp_')]
+  assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
 
 
 def _save(tmp_path, name, array):

@@ -249,7 +249,6 @@ def _langevin_chain(precond, noise_preconditioned=True, steps=150, n=512, sigma=
 
 
 def test_preconditioned_langevin_keeps_the_exact_gaussian_stationary():
-  shape = (16, 16, 1)
   power = np.asarray(_reference((16, 16, 1)).spectrum)
   precond = preconditioning.from_statistics(np.log1p(power), None, alpha=1.5)  # M_f from 1 to 3
   assert precond.condition_number() > 2.5

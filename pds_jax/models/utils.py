@@ -16,7 +16,7 @@ float16 within 0.1-0.2 %; float16's range ends at 65504, so prefer bfloat16 for 
 reach σ_max in the hundreds or thousands.
 """
 import functools
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 import flax
 import jax
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pds_jax import sde_lib
-from pds_jax.utils import batch_mul
+from pds_jax.utils import batch_mul, registry_decorator
 
 _MODELS = {}
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -34,17 +34,8 @@ Params = Any
 DType = Union[str, Any]
 
 
-def register_model(cls=None, *, name: Optional[str] = None):
-  """A decorator registering a model class under `name` (default: the class name)."""
-
-  def _register(cls):
-    local_name = cls.__name__ if name is None else name
-    if local_name in _MODELS:
-      raise ValueError(f'Already registered model with name: {local_name}')
-    _MODELS[local_name] = cls
-    return cls
-
-  return _register if cls is None else _register(cls)
+register_model = registry_decorator(_MODELS, 'model')
+register_model.__doc__ = 'A decorator registering a model class under `name` (default: the class name).'
 
 
 def get_model(name: str):
