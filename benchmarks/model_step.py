@@ -26,6 +26,7 @@ import dataclasses
 import importlib
 import json
 import os
+import textwrap
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -69,9 +70,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help='smoke setting: 16x16, nf 8, num_res_blocks 1, ch_mult (1, 2), batch 1, N 2, 1 repetition')
   p.add_argument('--full', action='store_true', help="keep the configs' model.nf (for a GPU)")
   p.add_argument('--sizes', type=str, default='32,64,256', help='image sizes of the forward-pass timing')
-  p.add_argument('--pc_sizes', type=str, default='32,64', help='image sizes of the PC-step timing')
+  p.add_argument('--pc_sizes', type=str, default='32,64,256', help='image sizes of the PC-step timing')
   p.add_argument('--repeats', type=int, default=7, help='repetitions of the forward-pass timing')
-  p.add_argument('--pc_repeats', type=int, default=5, help='repetitions of the PC-step timing')
+  p.add_argument('--pc_repeats', type=int, default=3, help='repetitions of the PC-step timing')
   p.add_argument('--num_steps', type=int, default=10, help='PC steps per sampler call (N)')
   p.add_argument('--pc_dtype', type=str, default='float32', choices=DTYPES, help='score dtype of the PC step')
   p.add_argument('--alpha', type=float, default=5.)
@@ -277,6 +278,7 @@ def plot(payload: dict, path) -> None:
     ax.annotate(f'bf16/f32 x{r["forward"]["bfloat16_over_float32_median"]:.2f}',
                 (i, r['forward']['float32']['ms_median']), ha='center', va='bottom', fontsize=8)
   ax.set_yscale('log')
+  ax.margins(y=0.12)
   ax.set_xticks(range(len(fwd)), [f'{r["size"]}², nf {r["nf"]}\nB {r["shape"][0]}, {r["num_params"] / 1e6:.2f}M'
                                   for r in fwd], fontsize=8)
   ax.set_ylabel('ms per forward pass (median)')
@@ -292,11 +294,12 @@ def plot(payload: dict, path) -> None:
         ax.annotate(f'{100 * r["pc_step"][name]["pds_share_median"]:.1f}%', (x, v), ha='center', va='bottom',
                     fontsize=7)
   ax.set_yscale('log')
+  ax.margins(y=0.12)
   ax.set_xticks(range(len(pcs)), [f'{r["size"]}², nf {r["nf"]}, B {r["shape"][0]}' for r in pcs], fontsize=8)
   ax.set_ylabel('ms per PC step (median); label: PDS share')
   ax.set_title(f'reverse_diffusion + langevin, N={payload["setting"]["num_steps_per_call"]} per call', fontsize=10)
   ax.legend(fontsize=8)
-  fig.suptitle(payload['machine'][:110], fontsize=8)
+  fig.suptitle(textwrap.fill(payload['machine'], 150), fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -14,6 +14,7 @@ same sampler rng (common random numbers).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from typing import Dict, List, Optional, Sequence
@@ -32,6 +33,9 @@ RULE = ('target = 1.05 x the metric of vanilla at the largest N of the grid; gri
         'interpolated_steps = the N where the straight line in (log N, log metric) between the next '
         'smaller grid point (above target) and grid_steps crosses the target. None: not reached in the '
         'grid; at_most_grid_minimum: already reached at the smallest grid N.')
+EQUIVALENT_RULE = ('for every PDS run whose metric is above the target (not converged): vanilla_steps = the '
+                   'steps vanilla needs to reach that run\'s metric by the same rule; speed_up = vanilla_steps / N '
+                   '(both upper bounds when vanilla_steps_at_most).')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -46,6 +50,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--floor_draws', type=int, default=8, help='independent exact batches for the noise floor')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out_dir', type=str, default=None, help='default benchmarks/results')
+  p.add_argument('--replot', action='store_true',
+                 help='no sampling: re-summarise, re-plot and print the existing results JSON')
   args = p.parse_args(argv)
   if args.quick:
     args.size, args.num_samples, args.steps, args.extra_alpha_steps, args.floor_draws = 16, 32, '10,20,100', '10', 4
@@ -140,13 +146,26 @@ def _curve(results: List[dict], name: str, alpha: float, metric: str, grid: Sequ
 
 
 def summarize(results: List[dict], grid: Sequence[int], alpha: float) -> dict:
-  summary = {'rule': RULE, 'tolerance': TOLERANCE, 'reference': f'vanilla, N = {grid[-1]}'}
+  """Steps each method needs to reach vanilla's converged error, and vanilla steps matching each PDS run."""
+  summary = {'rule': RULE, 'tolerance': TOLERANCE, 'reference': f'vanilla, N = {grid[-1]}',
+             'equivalent_vanilla_steps_rule': EQUIVALENT_RULE}
   for metric in METRICS:
-    target = TOLERANCE * _curve(results, 'vanilla', alpha, metric, grid)[-1]
+    vanilla = _curve(results, 'vanilla', alpha, metric, grid)
+    target = TOLERANCE * vanilla[-1]
     summary[metric] = {'target': target}
     for name in METHODS:
       summary[metric][name] = steps_to_reach(grid, _curve(results, name, alpha, metric, grid), target)
+    summary[metric]['equivalent_vanilla_steps'] = [
+        {'method': r['method'], 'alpha': r['alpha'], 'num_steps': r['num_steps'], 'value': r[metric],
+         **_equivalent(steps_to_reach(grid, vanilla, r[metric]), r['num_steps'])}
+        for r in results if r['method'] != 'vanilla' and r[metric] > target]
   return summary
+
+
+def _equivalent(reach: dict, num_steps: int) -> dict:
+  n = reach['interpolated_steps']
+  return {'vanilla_steps': n, 'vanilla_steps_at_most': reach['at_most_grid_minimum'],
+          'speed_up': None if n is None else n / num_steps}
 
 
 def plot(payload: dict, path) -> None:
@@ -159,17 +178,24 @@ def plot(payload: dict, path) -> None:
   labels = {'vanilla': 'vanilla PC', 'pds_official': f'PDS official (α={alpha:g})',
             'pds_marginal_preserving': f'PDS marginal-preserving (α={alpha:g})'}
   for ax, metric in zip(axes, METRICS):
-    for name, label in labels.items():
-      ax.plot(grid, _curve(results, name, alpha, metric, grid), 'o-', label=label)
+    curves = [_curve(results, name, alpha, metric, grid) for name in labels]
+    for values, label in zip(curves, labels.values()):
+      ax.plot(grid, values, 'o-', label=label)
+    top = 2 * max(max(v) for v in curves)  # runs far above every curve are drawn at the top, labelled
     extra = [r for r in results if r['method'] == 'pds_official' and r['alpha'] != alpha]
     if extra:
-      ax.plot([r['num_steps'] for r in extra], [r[metric] for r in extra], 'k^', ms=8,
+      ax.plot([r['num_steps'] for r in extra], [min(r[metric], top) for r in extra], 'k^', ms=8,
               label=f'PDS official (α={extra[0]["alpha"]:g})')
+      for r in extra:
+        if r[metric] > top:
+          ax.annotate(f'{r[metric]:.3g} (off scale)', (r['num_steps'], top), xytext=(6, -4),
+                      textcoords='offset points', fontsize=8)
     floor = payload['noise_floor'][metric]['mean']
     ax.axhline(floor, ls='--', c='gray', label=f'noise floor ({payload["setting"]["num_samples"]} exact draws)')
     ax.axhline(payload['steps_to_reach_vanilla_reference'][metric]['target'], ls=':', c='gray', lw=1,
                label=f'{TOLERANCE} x vanilla N={grid[-1]}')
     ax.set(xscale='log', yscale='log', xlabel='number of steps N', ylabel=metric.replace('_', ' '))
+    ax.set_ylim(top=1.5 * top)
     ax.grid(True, which='both', alpha=0.3)
   axes[0].legend(fontsize=8)
   h, w, c = payload['setting']['shape']
@@ -205,7 +231,12 @@ def report(payload: dict) -> str:
       n_star = None if s['interpolated_steps'] is None else (
           ('<= ' if s['at_most_grid_minimum'] else '') + f'{s["interpolated_steps"]:.0f}')
       reach_rows.append([metric, summary[metric]['target'], name, s['grid_steps'], n_star])
-  lines.append(common.markdown_table(['metric', 'target', 'method', 'grid N', 'interpolated N'], reach_rows))
+  lines += [common.markdown_table(['metric', 'target', 'method', 'grid N', 'interpolated N'], reach_rows), '']
+  bound = lambda e, v, fmt: None if v is None else ('<= ' if e['vanilla_steps_at_most'] else '') + format(v, fmt)
+  eq_rows = [[metric, e['method'], e['alpha'], e['num_steps'], e['value'], bound(e, e['vanilla_steps'], '.0f'),
+              bound(e, e['speed_up'], '.2f')] for metric in METRICS for e in summary[metric]['equivalent_vanilla_steps']]
+  lines.append(common.markdown_table(['metric', 'method', 'alpha', 'N', 'value', 'vanilla N for same value',
+                                      'speed-up'], eq_rows))
   return '\n'.join(lines)
 
 
@@ -213,7 +244,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   args = parse_args(argv)
   common.use_compilation_cache()
   paths = common.output_paths('quality_vs_steps', args.out_dir, args.quick)
-  payload = run(args, paths)
+  if args.replot:
+    payload = json.loads(paths['json'].read_text())
+    payload['steps_to_reach_vanilla_reference'] = summarize(
+        payload['results'], payload['setting']['steps'], payload['setting']['preconditioner']['alpha'])
+    common.write_json(paths['json'], payload)
+  else:
+    payload = run(args, paths)
   plot(payload, paths['png'])
   print(report(payload))
   print(f'\nwrote {paths["json"]} and {paths["png"]}')
