@@ -7,6 +7,7 @@ from absl import app, flags
 from ml_collections.config_flags import config_flags
 
 import run_lib
+from pds_jax import parallel
 
 FLAGS = flags.FLAGS
 
@@ -21,6 +22,10 @@ flags.DEFINE_string('space_mask_path', None, 'Official PDS space statistic (.npy
 flags.DEFINE_string('pytorch_checkpoint', None, 'score_sde_pytorch .pth file for --mode convert.')
 flags.DEFINE_string('jax_cache', os.path.expanduser('~/.cache/pds_jax/jax'),
                     'Persistent JAX compilation cache folder ("" to disable).')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host: address:port of process 0 (jax.distributed).')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
+flags.DEFINE_bool('distributed', False, 'Multi-host with the settings auto-detected by JAX (TPU pods, SLURM).')
 flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 # The official PDS flags override config.sampling.<name> when given on the command line.
@@ -40,6 +45,8 @@ def main(argv):
       if FLAGS[name].present:
         setattr(config.sampling, name, FLAGS[name].value)
   try:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                    auto=FLAGS.distributed)
     if FLAGS.mode == 'sample':
       run_lib.sample(config, FLAGS.workdir, FLAGS.eval_folder or 'eval')
     elif FLAGS.mode == 'compare':

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pds_jax import gaussian, preconditioning, sampling, sde_lib
+from pds_jax import gaussian, parallel as parallel_lib, preconditioning, sampling, sde_lib
 from pds_jax.io_utils import atomic_write
 from pds_jax.preconditioning import Preconditioner
 
@@ -103,6 +103,11 @@ def validate_sampling_config(config) -> None:
                      f'({config.model.num_scales}).')
   if not s.snr > 0:
     raise ValueError(f'config.sampling.snr = {s.snr} must be > 0.')
+  if config.eval.parallel not in parallel_lib.PARALLEL_MODES:
+    raise ValueError(f'config.eval.parallel = {config.eval.parallel!r}; choose one of {parallel_lib.PARALLEL_MODES}.')
+  if config.eval.batch_size % jax.local_device_count():
+    raise ValueError(f'config.eval.batch_size = {config.eval.batch_size} is not divisible by the '
+                     f'{jax.local_device_count()} local devices.')
   if config.eval.batch_size < 1 or config.eval.num_samples < 1:
     raise ValueError(f'config.eval.batch_size ({config.eval.batch_size}) and config.eval.num_samples '
                      f'({config.eval.num_samples}) must be >= 1.')
@@ -151,9 +156,14 @@ class SamplingRun:
     shape = (config.eval.batch_size,) + image_shape(config)
     return cls(config, sde, eps, score_fn, info, shape)
 
-  def sampler(self, preconditioner: Preconditioner) -> Callable:
+  def sampler(self, preconditioner: Preconditioner, pmap: bool = False) -> Callable:
     return sampling.get_sampling_fn(self.config, self.sde, self.shape, get_data_inverse_scaler(self.config),
-                                    self.eps, preconditioner)
+                                    self.eps, preconditioner, pmap=pmap)
+
+  @property
+  def nfe(self) -> int:
+    """Score evaluations per sample of the configured sampler."""
+    return self.sampler(Preconditioner()).func.nfe
 
   def settings(self, preconditioner: Preconditioner) -> Dict:
     s = self.config.sampling
@@ -165,49 +175,119 @@ class SamplingRun:
             'batch_size': self.config.eval.batch_size, 'seed': self.config.seed, **self.model_info}
 
 
-def draw(sampler: Callable, rng: jax.Array, score_fn) -> Tuple[np.ndarray, int, float]:
-  """One batch: (samples as float32 numpy, nfe, wall seconds)."""
+def draw(sampler: Callable, keys: jax.Array, score_fn, parallel: str = 'sharding') -> Tuple[np.ndarray, int, float]:
+  """One batch from per-sample keys (B, 2): (samples as float32 numpy, nfe, wall seconds).
+
+  A batch that does not fit in device memory is reported with a batch size to try.
+  """
   start = time.perf_counter()
-  samples, nfe = sampler(rng, score_fn, progress=True)
-  samples = np.asarray(jax.block_until_ready(samples), np.float32)
+  try:
+    samples, nfe = sampler(parallel_lib.place_keys(keys, parallel), score_fn, progress=True)
+    samples = np.asarray(jax.block_until_ready(samples), np.float32)
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e) and 'Out of memory' not in str(e):
+      raise
+    per_device = len(keys) // jax.local_device_count()
+    raise ValueError(f'a batch of {len(keys)} samples ({per_device} per device) does not fit in device memory; '
+                     f'try --config.eval.batch_size={max(jax.local_device_count(), len(keys) // 2)}.') from e
   return samples, nfe, time.perf_counter() - start
 
 
-def exact_metrics(config, samples: np.ndarray) -> Optional[Dict[str, float]]:
+def exact_metrics(config, accumulator: gaussian.MomentAccumulator) -> Optional[Dict[str, float]]:
   """The exact Gaussian metrics when the target is the Gaussian reference, else None."""
   if config.model.name != GAUSSIAN_REFERENCE:
     return None
-  return gaussian.metrics(jnp.asarray(samples), gaussian_reference(config))
+  return accumulator.metrics(gaussian_reference(config))
 
 
 # ----------------------------------------------------------------------------- modes
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'eval') -> Dict:
-  """Draws `eval.num_samples` samples in batches of `eval.batch_size`.
+def _shard_path(folder: str, round_index: int, host: int) -> str:
+  return os.path.join(folder, f'samples_{round_index}_{host}.npz')
 
-  Writes workdir/<eval_folder>/samples_<r>.npz (uint8 `samples` as score_sde writes them, and the
-  float32 `samples_float` before clipping), grid.png and report.json.
+
+def _finished_rounds(folder: str) -> Dict[int, str]:
+  """Round index -> shard file, for the complete shards in `folder` (written atomically)."""
+  done = {}
+  for name in os.listdir(folder):
+    parts = name[len('samples_'):-len('.npz')].split('_') if name.startswith('samples_') and name.endswith('.npz') else []
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+      done[int(parts[0])] = os.path.join(folder, name)
+  return done
+
+
+def _check_manifest(folder: str, manifest: Dict) -> None:
+  """Writes the run's settings beside its shards, or checks that existing shards were made with the same."""
+  path = os.path.join(folder, 'run.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != manifest:
+      changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+      raise ValueError(f'{folder} holds samples of another run (settings differ in {changed}); '
+                       'use another --eval_folder or remove the old shards.')
+  elif jax.process_index() == 0:
+    write_json(path, manifest)
+
+
+def _wait_for_rounds(folder: str, num_rounds: int, timeout: float) -> Dict[int, str]:
+  """Host 0 waits until every round's shard exists (other hosts write theirs)."""
+  deadline = time.monotonic() + timeout
+  while True:
+    done = _finished_rounds(folder)
+    missing = [r for r in range(num_rounds) if r not in done]
+    if not missing:
+      return done
+    if time.monotonic() > deadline:
+      raise ValueError(f'timed out after {timeout:.0f} s waiting for rounds {missing[:10]} in {folder}.')
+    time.sleep(1.)
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'eval') -> Optional[Dict]:
+  """Draws `eval.num_samples` samples in rounds of `eval.batch_size`, resumably, on all devices and hosts.
+
+  Round r holds samples r·B … r·B + B - 1, sample i drawn with the key fold_in(PRNGKey(seed), i);
+  rounds go round-robin to the hosts, each writing workdir/<eval_folder>/samples_<r>_<host>.npz
+  atomically (uint8 `samples` as score_sde writes them, float32 `samples_float`). A restarted run
+  skips the rounds already on disk. Host 0 then writes grid.png and report.json, streaming over
+  the shards (memory independent of num_samples). Returns the report on host 0, else None.
   """
   run = SamplingRun.build(config, workdir)
   preconditioner = load_preconditioner(config)
   folder = _output_folder(workdir, eval_folder)
-  sampler = run.sampler(preconditioner)
-  num_rounds = -(-config.eval.num_samples // config.eval.batch_size)
-  rng = jax.random.PRNGKey(config.seed)
-  all_samples, times, nfe = [], [], 0
-  for r in range(num_rounds):
-    samples, nfe, seconds = draw(sampler, jax.random.fold_in(rng, r), run.score_fn)
-    write_npz(os.path.join(folder, f'samples_{r}.npz'),
-              samples=np.clip(samples * 255., 0, 255).astype(np.uint8), samples_float=samples)
+  parallel = config.eval.parallel
+  settings = run.settings(preconditioner)
+  _check_manifest(folder, {**settings, 'num_samples': config.eval.num_samples})
+  sampler = run.sampler(preconditioner, pmap=parallel == 'pmap')
+  batch = config.eval.batch_size
+  num_rounds = -(-config.eval.num_samples // batch)
+  host = jax.process_index()
+  todo = [r for r in parallel_lib.host_rounds(num_rounds) if r not in _finished_rounds(folder)]
+  logging.info('host %d: %d of its rounds to sample (%d rounds of %d in the job)', host, len(todo), num_rounds, batch)
+  from tqdm.auto import tqdm
+  times, nfe = [], 0
+  for r in tqdm(todo, desc=f'rounds (host {host})', unit='round'):
+    samples, nfe, seconds = draw(sampler, sampling.sample_keys(config.seed, r * batch, batch), run.score_fn, parallel)
+    write_npz(_shard_path(folder, r, host), samples=np.clip(samples * 255., 0, 255).astype(np.uint8),
+              samples_float=samples)
     times.append(seconds)
-    all_samples.append(samples)
-    logging.info('round %d/%d: %d samples, %d score evaluations, %.2f s', r + 1, num_rounds, len(samples), nfe, seconds)
-  samples = np.concatenate(all_samples)[:config.eval.num_samples]
-  write_png(os.path.join(folder, 'grid.png'), image_grid(samples[:64]))
-  report = {'settings': run.settings(preconditioner), 'num_samples': len(samples), 'nfe_per_sample': nfe,
-            'wall_seconds_per_batch': times, 'wall_seconds_first_batch_includes_compile': True,
-            'metrics': exact_metrics(config, samples)}
+  if host != 0:
+    return None
+  shards = _wait_for_rounds(folder, num_rounds, config.eval.wait_timeout)
+  accumulator, preview, remaining = gaussian.MomentAccumulator(), [], config.eval.num_samples
+  for r in range(num_rounds):
+    with np.load(shards[r]) as f:
+      samples = f['samples_float'][:remaining]
+    remaining -= len(samples)
+    accumulator.add(samples)
+    preview.append(samples[:max(0, 64 - sum(len(p) for p in preview))])
+  write_png(os.path.join(folder, 'grid.png'), image_grid(np.concatenate(preview)))
+  report = {'settings': {**settings, 'parallel': parallel, 'devices_per_host': jax.local_device_count(),
+                         'hosts': jax.process_count()},
+            'num_samples': accumulator.count, 'num_rounds': num_rounds, 'nfe_per_sample': run.nfe,
+            'wall_seconds_per_round_this_run_host0': times, 'first_round_includes_compile': bool(times),
+            'metrics': exact_metrics(config, accumulator)}
   write_json(os.path.join(folder, 'report.json'), report)
   return report
 
@@ -230,24 +310,24 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
   run = SamplingRun.build(config, workdir)
   preconditioned = _masks_for_compare(config)
   folder = _output_folder(workdir, eval_folder)
-  rng = jax.random.PRNGKey(config.seed)
+  keys = sampling.sample_keys(config.seed, 0, config.eval.batch_size)
   results, grids = {}, []
   for name, precond in (('vanilla', Preconditioner()), ('pds', preconditioned)):
     sampler = run.sampler(precond)
-    draw(sampler, rng, run.score_fn)  # compile and warm up, so the wall time below is sampling only
-    samples, nfe, seconds = draw(sampler, rng, run.score_fn)
+    draw(sampler, keys, run.score_fn)  # compile and warm up, so the wall time below is sampling only
+    samples, nfe, seconds = draw(sampler, keys, run.score_fn)
     write_npz(os.path.join(folder, f'samples_{name}.npz'), samples=np.clip(samples * 255., 0, 255).astype(np.uint8),
               samples_float=samples)
     results[name] = {'settings': run.settings(precond), 'nfe_per_sample': nfe, 'wall_seconds': seconds,
-                     'metrics': exact_metrics(config, samples)}
+                     'metrics': exact_metrics(config, gaussian.MomentAccumulator().add(samples))}
     grids.append(image_grid(samples[:36], nrow=6))
     print(f'{name:8s} steps={results[name]["settings"]["num_steps"]:5d} nfe={nfe:5d} '
           f'wall={seconds:7.2f}s ' + ' '.join(f'{k}={v:.4g}' for k, v in (results[name]['metrics'] or {}).items()))
   gap = np.full((grids[0].shape[0], 12, 3), 255, np.uint8)
   write_png(os.path.join(folder, 'vanilla_vs_pds.png'), np.concatenate([grids[0], gap, grids[1]], axis=1))
   if config.model.name == GAUSSIAN_REFERENCE:
-    floor = gaussian.metrics(gaussian_reference(config).sample(jax.random.PRNGKey(config.seed + 2), run.shape[0]),
-                             gaussian_reference(config))
+    reference = gaussian_reference(config)
+    floor = gaussian.metrics(reference.sample(jax.random.PRNGKey(config.seed + 2), run.shape[0]), reference)
     results['exact_samples_noise_floor'] = floor
     print('exact samples (noise floor of the metrics): ' + ' '.join(f'{k}={v:.4g}' for k, v in floor.items()))
   write_json(os.path.join(folder, 'report.json'), results)

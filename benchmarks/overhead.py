@@ -5,7 +5,8 @@ The score is a small U-Net-shaped conv net (`common.ConvScoreNet`, random weight
 N = 50 steps after a warm-up call (compilation); repetitions alternate the methods so that the
 load of the shared machine hits them alike, and each PDS time is divided by the vanilla time of
 the same repetition. The cost of one score evaluation and of the preconditioner operators
-(M Mᵀ g and M ξ, two of each per PC step) is timed too, to explain the difference.
+(M Mᵀ g and M ξ, two of each per PC step) is timed too: `ratio_from_operators` = 1 + 2 x their
+cost / vanilla's step, a low-noise estimate of the overhead when it is below the timing noise.
 
   python -m benchmarks.overhead            # full setting
   python -m benchmarks.overhead --quick    # smoke setting (< 1 min)
@@ -28,7 +29,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--size', type=int, default=64)
   p.add_argument('--batch_size', type=int, default=8)
   p.add_argument('--num_steps', type=int, default=50)
-  p.add_argument('--repeats', type=int, default=7)
+  p.add_argument('--repeats', type=int, default=11)
   p.add_argument('--features', type=str, default='32,64,128,256', help='channels per level of the net')
   p.add_argument('--num_convs', type=int, default=2)
   p.add_argument('--alpha', type=float, default=5.)
@@ -60,10 +61,11 @@ def run(args: argparse.Namespace) -> dict:
   for pre in methods.values():  # warm-up: compile every method once
     sampler(rng, score_fn, pre)
   times: Dict[str, list] = {name: [] for name in methods}
+  names = list(methods)
   for rep in range(args.repeats):
     key = jax.random.fold_in(rng, rep)
-    for name, pre in methods.items():
-      times[name].append(common.seconds(lambda: sampler(key, score_fn, pre)[0]))
+    for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotate the order every repetition
+      times[name].append(common.seconds(lambda: sampler(key, score_fn, methods[name])[0]))
     print(f'repetition {rep}: ' + ', '.join(f'{k} {1e3 * v[-1] / args.num_steps:.1f} ms/step'
                                             for k, v in times.items()), flush=True)
   x = jax.random.normal(rng, shape)
@@ -80,6 +82,9 @@ def run(args: argparse.Namespace) -> dict:
       ratios = [a / b for a, b in zip(times[name], times['vanilla'])]
       per_step[name]['ratio_to_vanilla_median'] = common.median(ratios)
       per_step[name]['ratio_to_vanilla_all'] = ratios
+      # Two (M Mᵀ g, M ξ) pairs per PC step (corrector + predictor) on top of vanilla's step.
+      extra_ms = 2 * ops[f'{name}_mmt_plus_noise_ms']
+      per_step[name]['ratio_from_operators'] = 1 + extra_ms / per_step['vanilla']['ms_per_step_median']
   return {
       'benchmark': 'overhead',
       'setting': {'shape': list(shape), 'num_steps': args.num_steps, 'repeats': args.repeats,
@@ -90,8 +95,9 @@ def run(args: argparse.Namespace) -> dict:
                   'masks': 'official statistics of 200 clipped exact draws of the Gaussian reference, '
                            f'alpha {args.alpha:g}',
                   'score_evals_per_step': 2, 'quick': args.quick,
-                  'timing': 'wall time of sampler(rng, score_fn, M) after a warm-up call, methods alternated per '
-                            'repetition; ratio = median over repetitions of PDS / vanilla of the same repetition'},
+                  'timing': 'wall time of sampler(rng, score_fn, M) after a warm-up call, methods alternated '
+                            '(order rotated) per repetition; ratio = median over repetitions of PDS / vanilla '
+                            'of the same repetition; operators: median of jitted calls on the same batch'},
       'per_step': per_step, 'operators': ops, 'environment': common.environment()}
 
 
@@ -119,11 +125,12 @@ def plot(payload: dict, path) -> None:
 
 
 def report(payload: dict) -> str:
-  rows = [[name, v['ms_per_step_median'], v.get('ratio_to_vanilla_median', 1.)]
+  rows = [[name, v['ms_per_step_median'], v.get('ratio_to_vanilla_median', 1.), v.get('ratio_from_operators', 1.)]
           for name, v in payload['per_step'].items()]
   ops = payload['operators']
   op_rows = [[k, v] for k, v in ops.items()]
-  return '\n'.join([common.markdown_table(['method', 'ms/step (median)', 'ratio to vanilla'], rows), '',
+  header = ['method', 'ms/step (median)', 'ratio to vanilla (median of paired)', 'ratio from operator costs']
+  return '\n'.join([common.markdown_table(header, rows), '',
                     common.markdown_table(['operator (batch, jitted)', 'ms (median)'], op_rows)])
 
 

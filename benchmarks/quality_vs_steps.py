@@ -234,7 +234,8 @@ def report(payload: dict) -> str:
   lines += [common.markdown_table(['metric', 'target', 'method', 'grid N', 'interpolated N'], reach_rows), '']
   bound = lambda e, v, fmt: None if v is None else ('<= ' if e['vanilla_steps_at_most'] else '') + format(v, fmt)
   eq_rows = [[metric, e['method'], e['alpha'], e['num_steps'], e['value'], bound(e, e['vanilla_steps'], '.0f'),
-              bound(e, e['speed_up'], '.2f')] for metric in METRICS for e in summary[metric]['equivalent_vanilla_steps']]
+              bound(e, e['speed_up'], '.2f')]
+             for metric in METRICS for e in summary[metric]['equivalent_vanilla_steps']]
   lines.append(common.markdown_table(['metric', 'method', 'alpha', 'N', 'value', 'vanilla N for same value',
                                       'speed-up'], eq_rows))
   return '\n'.join(lines)

@@ -1,7 +1,7 @@
 """Default CIFAR-10 settings, as in score_sde's `configs/default_cifar10_configs.py`, plus PDS fields."""
 import ml_collections
 
-from configs.default_pds import add_pds_fields
+from configs.default_pds import add_pds_fields, add_scale_fields
 
 
 def get_default_configs():
@@ -41,6 +41,7 @@ def get_default_configs():
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = 'test'
   evaluate.dtype = 'float32'  # inference dtype of the score model: float32 | bfloat16 | float16
+  add_scale_fields(evaluate)
 
   # data
   config.data = data = ml_collections.ConfigDict()

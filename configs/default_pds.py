@@ -20,3 +20,15 @@ def add_pds_fields(sampling: ml_collections.ConfigDict) -> None:
   sampling.space_mask_path = config_dict.placeholder(str)
   sampling.pds_variant = 'official'
   sampling.num_chunks = 10
+
+
+def add_scale_fields(evaluate: ml_collections.ConfigDict) -> None:
+  """Adds the multi-device sampling fields to `config.eval` in place.
+
+  parallel: 'sharding' (jit over a jax.sharding.Mesh of the local devices) or 'pmap' (score_sde's
+    path); both give the same samples. eval.batch_size is the per-host batch of one round and must
+    be divisible by the number of local devices.
+  wait_timeout: seconds host 0 waits for the other hosts' shards before writing the merged report.
+  """
+  evaluate.parallel = 'sharding'
+  evaluate.wait_timeout = 24 * 3600.

@@ -141,26 +141,52 @@ def fourier_variances(samples: jax.Array, mean: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(_unitary_fft2(samples - mean)) ** 2, axis=0)
 
 
-def log_variance_error(samples: jax.Array, reference: GaussianReference) -> float:
-  """RMS over frequencies and channels of log(v_k / λ_k), v_k around the samples' own mean."""
-  v = fourier_variances(samples, jnp.mean(samples, axis=0))
-  return float(jnp.sqrt(jnp.mean(jnp.log(v / reference.spectrum) ** 2)))
+class MomentAccumulator:
+  """Streams the sufficient statistics of both metrics over batches of samples (float64).
+
+  With n samples, S = Σ x_i and P = Σ |U x_i|², the stationary fit is m̂ = S / n and
+  v_k = P_k / n - |U m̂|²_k = mean_i |U(x_i - m̂)|²_k, so 50k samples never sit in memory.
+  """
+
+  def __init__(self):
+    self.count, self.total, self.power = 0, None, None
+
+  def add(self, samples) -> 'MomentAccumulator':
+    x = np.asarray(samples, np.float64)
+    if self.total is None:
+      self.total, self.power = np.zeros(x.shape[1:]), np.zeros(x.shape[1:])
+    elif x.shape[1:] != self.total.shape:
+      raise ValueError(f'samples of shape {x.shape[1:]} added to an accumulator of shape {self.total.shape}.')
+    h, w = x.shape[1:3]
+    self.total += x.sum(0)
+    self.power += (np.abs(np.fft.fft2(x, axes=(1, 2))) ** 2).sum(0) / (h * w)
+    self.count += len(x)
+    return self
+
+  def mean_and_variances(self):
+    """(m̂, v) of the samples so far, each (H, W, C)."""
+    if not self.count:
+      raise ValueError('no samples were added.')
+    mean = self.total / self.count
+    h, w = mean.shape[:2]
+    v = self.power / self.count - np.abs(np.fft.fft2(mean, axes=(0, 1))) ** 2 / (h * w)
+    return mean, np.maximum(v, 0.)
+
+  def metrics(self, reference: GaussianReference) -> dict:
+    """RMS log-variance error and Fréchet distance against the reference (see module docstring)."""
+    if self.total is None or self.total.shape != reference.shape:
+      shape = None if self.total is None else self.total.shape
+      raise ValueError(f'samples of shape {shape} do not match the reference shape {reference.shape}.')
+    mean, v = self.mean_and_variances()
+    lam = np.asarray(reference.spectrum, np.float64)
+    return {'log_variance_error': float(np.sqrt(np.mean(np.log(v / lam) ** 2))),
+            'frechet_distance': float(np.sum((mean - np.asarray(reference.mean, np.float64)) ** 2)
+                                      + np.sum((np.sqrt(v) - np.sqrt(lam)) ** 2))}
 
 
-def frechet_distance(samples: jax.Array, reference: GaussianReference) -> float:
-  """Exact Fréchet (W2²) distance between N(μ, Σ) and the samples' stationary Gaussian fit."""
-  m_hat = jnp.mean(samples, axis=0)
-  v = fourier_variances(samples, m_hat)
-  return float(jnp.sum((m_hat - reference.mean) ** 2) + jnp.sum((jnp.sqrt(v) - jnp.sqrt(reference.spectrum)) ** 2))
-
-
-def metrics(samples: jax.Array, reference: GaussianReference) -> dict:
+def metrics(samples, reference: GaussianReference) -> dict:
   """Both exact metrics of samples (N, H, W, C) against the reference, as floats."""
-  samples = jnp.asarray(samples, jnp.float32)
-  if samples.shape[1:] != reference.shape:
-    raise ValueError(f'samples of shape {samples.shape[1:]} do not match the reference shape {reference.shape}.')
-  return {'log_variance_error': log_variance_error(samples, reference),
-          'frechet_distance': frechet_distance(samples, reference)}
+  return MomentAccumulator().add(samples).metrics(reference)
 
 
 def radial_profile(values: np.ndarray, shape: Shape, bins: int = 16) -> Tuple[np.ndarray, np.ndarray]:

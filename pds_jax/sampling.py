@@ -70,9 +70,30 @@ def get_corrector(name: str) -> Type['Corrector']:
   return _lookup(_CORRECTORS, 'corrector', name)
 
 
+def split(rng: jax.Array) -> jax.Array:
+  """Splits a key (2,) into two, or each of per-sample keys (B, 2) into two: shape (2, B, 2)."""
+  return jax.vmap(jax.random.split, out_axes=1)(rng) if rng.ndim == 2 else jax.random.split(rng)
+
+
+def normal(rng: jax.Array, shape) -> jax.Array:
+  """N(0, I) of shape (B, ...): one draw from a key, or item i from key i of per-sample keys (B, 2).
+
+  With per-sample keys the noise of an item depends on its own key only, not on the batch.
+  """
+  if rng.ndim == 2:
+    return jax.vmap(lambda key: jax.random.normal(key, shape[1:]))(rng)
+  return jax.random.normal(rng, shape)
+
+
+def sample_keys(seed: int, start: int, count: int) -> jax.Array:
+  """Per-sample keys fold_in(PRNGKey(seed), i) for global sample indices i = start … start + count - 1."""
+  base = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(start, start + count, dtype=jnp.uint32))
+
+
 def _precondition(rng: jax.Array, v: jax.Array, mmt: Callable, preconditioner: Preconditioner):
   """The one preconditioned step: (K v, M ξ) with ξ ~ N(0, I) of v's shape."""
-  return mmt(v), preconditioner.apply(jax.random.normal(rng, v.shape))
+  return mmt(v), preconditioner.apply(normal(rng, v.shape))
 
 
 def _vp_alpha(sde: sde_lib.SDE, t: jax.Array) -> jax.Array:
@@ -229,7 +250,7 @@ class _LangevinType(Corrector):
 
     def loop_body(step, val):
       rng, x, x_mean = val
-      rng, step_rng = jax.random.split(rng)
+      rng, step_rng = split(rng)
       grad, noise = self.precondition(step_rng, self.score_fn(x, t))
       step_size = self.step_size(grad, noise, alpha, t)
       x_mean = x + batch_mul(step_size, grad)
@@ -291,12 +312,22 @@ class PCSampler:
   corrector, then predictor (official PDS order), splitting the rng as score_sde does. A run in K
   chunks executes the same compiled step body on the same carry, so it gives bit-identical samples
   to the single-scan run.
+
+  Random numbers: `rng` is one key (score_sde's stream, split for the whole batch each step) or
+  per-sample keys (B, 2), e.g. `sample_keys(seed, first_index, B)`: then every draw of item i comes
+  from its own key, so a sample does not depend on how the batch is split over devices or hosts.
+
+  Devices: `pmap=True` runs score_sde's `pmap` path over all local devices (per-sample keys only;
+  the batch is split evenly; the Langevin norms are averaged with `pmean` over `axis_name`).
+  Without it, passing keys sharded over a `jax.sharding.Mesh` (see `pds_jax.parallel`) runs the same
+  jitted functions SPMD over those devices.
   """
 
   def __init__(self, sde: sde_lib.SDE, shape, predictor: Union[str, Type[Predictor]] = 'reverse_diffusion',
                corrector: Union[str, Type[Corrector]] = 'langevin', inverse_scaler: Callable = lambda x: x,
                snr: float = 0.16, n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
-               eps: float = 1e-3, pds_variant: str = 'official', axis_name: Optional[str] = None):
+               eps: float = 1e-3, pds_variant: str = 'official', axis_name: Optional[str] = None,
+               pmap: bool = False):
     self.predictor = get_predictor(predictor) if isinstance(predictor, str) else predictor
     self.corrector = get_corrector(corrector) if isinstance(corrector, str) else corrector
     if pds_variant not in PDS_VARIANTS:
@@ -308,28 +339,40 @@ class PCSampler:
     self.denoise, self.eps, self.pds_variant, self.axis_name = denoise, eps, pds_variant, axis_name
     evals = (self.predictor is not NonePredictor) + (self.corrector is not NoneCorrector) * self.n_steps
     self.nfe = sde.N * evals
-    self._init = jax.jit(self._init_impl)
-    self._run = jax.jit(self._run_impl, static_argnames=('length',))
-    self._finalize = jax.jit(self._finalize_impl)
+    self.pmap = pmap
+    if pmap:
+      self.axis_name = axis_name or 'batch'
+      self._init = jax.pmap(self._init_impl, in_axes=(0, None))
+      self._run = jax.pmap(self._run_impl, axis_name=self.axis_name, in_axes=(None, None, 0, None),
+                           static_broadcasted_argnums=(4,))
+      self._finalize = jax.pmap(self._finalize_impl)
+    else:
+      self._init = jax.jit(self._init_impl)
+      self._run = jax.jit(self._run_impl, static_argnums=(4,))
+      self._finalize = jax.jit(self._finalize_impl)
 
   @property
   def num_steps(self) -> int:
     return self.sde.N
 
   def _init_impl(self, rng, preconditioner):
-    rng, step_rng = jax.random.split(rng)
-    x = preconditioner.apply(self.sde.prior_sampling(step_rng, self.shape))
+    rng, step_rng = split(rng)
+    if rng.ndim == 2:  # per-sample keys: item i of the prior from key i
+      prior = jax.vmap(lambda key: self.sde.prior_sampling(key, self.shape[1:]))(step_rng)
+    else:
+      prior = self.sde.prior_sampling(step_rng, self.shape)
+    x = preconditioner.apply(prior)
     return rng, x, x, jnp.int32(-1)
 
   def _step(self, score_fn, preconditioner, carry, i):
     rng, x, x_mean, first_bad = carry
     t = jnp.linspace(self.sde.T, self.eps, self.sde.N)[i]
-    vec_t = jnp.ones(self.shape[0]) * t
+    vec_t = jnp.ones(x.shape[0]) * t
     corrector = self.corrector(self.sde, score_fn, self.snr, self.n_steps, preconditioner, self.axis_name)
     predictor = self.predictor(self.sde, score_fn, self.probability_flow, preconditioner, self.pds_variant)
-    rng, step_rng = jax.random.split(rng)
+    rng, step_rng = split(rng)
     x, x_mean = corrector.update_fn(step_rng, x, vec_t)
-    rng, step_rng = jax.random.split(rng)
+    rng, step_rng = split(rng)
     x, x_mean = predictor.update_fn(step_rng, x, vec_t)
     finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(x_mean))
     first_bad = jnp.where((first_bad < 0) & ~finite, i, first_bad)
@@ -350,7 +393,7 @@ class PCSampler:
     """Draws one batch of samples.
 
     Args:
-      rng: a PRNG key.
+      rng: a PRNG key, or per-sample keys (B, 2) (required with `pmap=True`).
       score_fn: s(x, t) for x of shape `shape` and t of shape (B,); any pure JAX function. A
         `jax.tree_util.Partial` keeps its bound arrays (model weights) as jit arguments.
       preconditioner: the PDS preconditioner (None = identity = score_sde's sampler).
@@ -369,6 +412,8 @@ class PCSampler:
     n = self.sde.N
     num_chunks = max(1, min(int(num_chunks), n))
     bounds = np.linspace(0, n, num_chunks + 1).round().astype(int)
+    if self.pmap:
+      rng = self._per_device(rng)
     carry = self._init(rng, preconditioner)
     bar = None
     if progress:
@@ -376,7 +421,7 @@ class PCSampler:
       bar = tqdm(total=n, desc='sampling', unit='step', leave=False)
     try:
       for start, stop in zip(bounds[:-1], bounds[1:]):
-        carry = self._run(score_fn, preconditioner, carry, jnp.int32(start), length=int(stop - start))
+        carry = self._run(score_fn, preconditioner, carry, jnp.int32(start), int(stop - start))
         if bar is not None:
           jax.block_until_ready(carry[1])
           bar.update(int(stop - start))
@@ -386,7 +431,10 @@ class PCSampler:
       if bar is not None:
         bar.close()
     samples = self._finalize(carry)
-    first_bad = int(carry[3])
+    if self.pmap:
+      samples = samples.reshape(self.shape)
+    bad = np.atleast_1d(np.asarray(carry[3]))
+    first_bad = int(bad[bad >= 0].min()) if np.any(bad >= 0) else -1
     if first_bad >= 0:
       t = float(np.linspace(self.sde.T, self.eps, n, dtype=np.float32)[first_bad])
       raise NonFiniteSampleError(first_bad, t, n)
@@ -395,12 +443,22 @@ class PCSampler:
     return samples, self.nfe
 
 
+  def _per_device(self, keys: jax.Array) -> jax.Array:
+    """Per-sample keys (B, 2) -> (devices, B / devices, 2) for the pmap path."""
+    d = jax.local_device_count()
+    if keys.ndim != 2 or keys.shape[0] != self.shape[0]:
+      raise ValueError(f'the pmap sampler needs per-sample keys of shape ({self.shape[0]}, 2), got {keys.shape}.')
+    if self.shape[0] % d:
+      raise ValueError(f'batch size {self.shape[0]} is not divisible by the {d} local devices.')
+    return keys.reshape((d, self.shape[0] // d) + keys.shape[1:])
+
+
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
                    probability_flow=False, denoise=True, eps=1e-3, pds_variant='official',
-                   axis_name=None) -> PCSampler:
+                   axis_name=None, pmap=False) -> PCSampler:
   """score_sde's `get_pc_sampler`; the returned sampler is called as sampler(rng, score_fn, preconditioner)."""
   return PCSampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps, probability_flow,
-                   denoise, eps, pds_variant, axis_name)
+                   denoise, eps, pds_variant, axis_name, pmap)
 
 
 def pc_sample(rng: jax.Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *,
@@ -430,7 +488,8 @@ def pds_schedule(config, sde: sde_lib.SDE, eps: float) -> Tuple[sde_lib.SDE, flo
 
 
 def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, eps: float,
-                    preconditioner: Optional[Preconditioner] = None, axis_name: Optional[str] = None):
+                    preconditioner: Optional[Preconditioner] = None, axis_name: Optional[str] = None,
+                    pmap: bool = False):
   """score_sde/PDS's `get_sampling_fn`: a function rng, score_fn -> (samples, nfe).
 
   `sde` and `eps` are score_sde's (N = model.num_scales); `config.sampling.speed_up` k then sets
@@ -444,5 +503,5 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
   sampler = get_pc_sampler(sde, shape, config.sampling.predictor.lower(), config.sampling.corrector.lower(),
                            inverse_scaler, config.sampling.snr, config.sampling.n_steps_each,
                            config.sampling.probability_flow, config.sampling.noise_removal, eps,
-                           config.sampling.pds_variant, axis_name)
+                           config.sampling.pds_variant, axis_name, pmap)
   return functools.partial(sampler, preconditioner=preconditioner, num_chunks=config.sampling.num_chunks)

@@ -27,8 +27,9 @@ def _main(*args, cwd=None, check=True):
 def test_sample_writes_rounds_grid_and_report(tmp_path):
   _main(*TINY_GAUSSIAN, '--mode=sample', f'--workdir={tmp_path}', '--speed_up=200')
   out = tmp_path / 'eval'
-  assert sorted(p.name for p in out.iterdir()) == ['grid.png', 'report.json', 'samples_0.npz', 'samples_1.npz']
-  with np.load(out / 'samples_0.npz') as f:
+  assert sorted(p.name for p in out.iterdir()) == ['grid.png', 'report.json', 'run.json', 'samples_0_0.npz',
+                                                 'samples_1_0.npz']
+  with np.load(out / 'samples_0_0.npz') as f:
     assert f['samples'].shape == (8, 8, 8, 3) and f['samples'].dtype == np.uint8
     assert f['samples_float'].dtype == np.float32 and np.all(np.isfinite(f['samples_float']))
   report = json.loads((out / 'report.json').read_text())
@@ -109,7 +110,7 @@ def test_sample_from_a_score_sde_checkpoint_with_pds(tmp_path, fixtures_dir):
   report = json.loads((tmp_path / 'eval' / 'report.json').read_text())
   assert report['settings']['model'] == 'ncsnpp' and report['settings']['checkpoint_step'] == 1
   assert report['settings']['num_steps'] == 2 and report['nfe_per_sample'] == 4
-  with np.load(tmp_path / 'eval' / 'samples_0.npz') as f:
+  with np.load(tmp_path / 'eval' / 'samples_0_0.npz') as f:
     assert f['samples'].shape == (2, 32, 32, 3) and np.all(np.isfinite(f['samples_float']))
 
 
