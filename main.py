@@ -53,7 +53,7 @@ def main(argv):
       run_lib.compare(config, FLAGS.workdir, FLAGS.eval_folder or 'compare')
     elif FLAGS.mode == 'convert':
       run_lib.convert(config, FLAGS.workdir, FLAGS.pytorch_checkpoint)
-  except (ValueError, FloatingPointError) as e:  # bad input or non-finite samples: a message, not a traceback
+  except (ValueError, FloatingPointError, OSError) as e:  # bad input, non-finite samples, a full disk: a message
     print(f'pds_jax: error: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pds_jax.io_utils import atomic_write
 from pds_jax import gaussian, preconditioning, sampling, sde_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -150,6 +151,4 @@ def output_paths(name: str, out_dir: Optional[str], quick: bool) -> Dict[str, pa
 
 
 def write_json(path: pathlib.Path, payload: dict) -> None:
-  tmp = path.with_suffix('.json.tmp')
-  tmp.write_text(json.dumps(payload, indent=2) + '\n')
-  tmp.replace(path)
+  atomic_write(str(path), lambda f: f.write((json.dumps(payload, indent=2) + '\n').encode()))

@@ -78,7 +78,7 @@ def measure(args: argparse.Namespace) -> dict:
   carry = jax.block_until_ready(sampler._init(jax.random.PRNGKey(0), pre))
   rss_before = _rss_mb()
   start = time.perf_counter()
-  lowered = sampler._run.lower(score_fn, pre, carry, jnp.int32(0), length=num_steps)
+  lowered = sampler._run.lower(score_fn, pre, carry, jnp.int32(0), num_steps)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
   compiled_at = time.perf_counter()

@@ -153,3 +153,30 @@ def test_bad_multi_host_flags_and_device_divisibility(tmp_path):
   proc = subprocess.run(_main_args(tmp_path, '--config.eval.batch_size=6'), env=_env(4), capture_output=True,
                         text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 2 and 'not divisible by the 4 local devices' in proc.stderr
+
+
+def test_a_full_disk_leaves_no_half_written_shard(tmp_path, monkeypatch):
+  import errno
+  import run_lib
+  run_lib.write_npz(str(tmp_path / 'samples_0_0.npz'), samples=np.zeros((2, 2), np.uint8))
+  before = (tmp_path / 'samples_0_0.npz').read_bytes()
+
+  def savez_until_full(f, **arrays):
+    f.write(b'PK\x03\x04 half a shard')
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(np, 'savez_compressed', savez_until_full)
+  for name in ('samples_0_0.npz', 'samples_1_0.npz'):
+    with pytest.raises(OSError, match='No space left'):
+      run_lib.write_npz(str(tmp_path / name), samples=np.ones((2, 2), np.uint8))
+  assert sorted(os.listdir(tmp_path)) == ['samples_0_0.npz']  # no temp file, no half shard
+  assert (tmp_path / 'samples_0_0.npz').read_bytes() == before
+  assert run_lib._finished_rounds(str(tmp_path)) == {0: str(tmp_path / 'samples_0_0.npz')}
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  args = [sys.executable, str(ROOT / 'main.py'), f'--jax_cache={ROOT / ".jax_cache"}', '--config',
+          str(ROOT / 'configs/ve/cifar10_ncsnpp_continuous.py'), '--config.model.nf=8', '--mode=sample',
+          f'--workdir={tmp_path / "empty"}']
+  proc = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 2 and str(tmp_path / 'empty') in proc.stderr, proc.stderr[-2000:]
