@@ -156,9 +156,9 @@ class SamplingRun:
     shape = (config.eval.batch_size,) + image_shape(config)
     return cls(config, sde, eps, score_fn, info, shape)
 
-  def sampler(self, preconditioner: Preconditioner, pmap: bool = False) -> Callable:
+  def sampler(self, preconditioner: Preconditioner) -> Callable:
     return sampling.get_sampling_fn(self.config, self.sde, self.shape, get_data_inverse_scaler(self.config),
-                                    self.eps, preconditioner, pmap=pmap)
+                                    self.eps, preconditioner, **parallel_lib.sampler_devices(self.config.eval.parallel))
 
   @property
   def nfe(self) -> int:
@@ -259,11 +259,12 @@ def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = '
   parallel = config.eval.parallel
   settings = run.settings(preconditioner)
   _check_manifest(folder, {**settings, 'num_samples': config.eval.num_samples})
-  sampler = run.sampler(preconditioner, pmap=parallel == 'pmap')
+  sampler = run.sampler(preconditioner)
   batch = config.eval.batch_size
   num_rounds = -(-config.eval.num_samples // batch)
   host = jax.process_index()
-  todo = [r for r in parallel_lib.host_rounds(num_rounds) if r not in _finished_rounds(folder)]
+  done = _finished_rounds(folder)
+  todo = [r for r in parallel_lib.host_rounds(num_rounds) if r not in done]
   logging.info('host %d: %d of its rounds to sample (%d rounds of %d in the job)', host, len(todo), num_rounds, batch)
   from tqdm.auto import tqdm
   times, nfe = [], 0

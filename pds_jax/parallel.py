@@ -1,9 +1,10 @@
 """Sampling on many devices and hosts.
 
-- One process, many devices: `batch_sharding()` lays per-sample keys out over a 1-D
-  `jax.sharding.Mesh` ('batch' axis), and the sampler's jitted functions then run SPMD over it
-  (the Langevin batch-mean norms become a cross-device reduction). score_sde's `pmap` path is
-  `PCSampler(..., pmap=True)`.
+- One process, many devices: `PCSampler(..., mesh=batch_mesh())` runs the per-device sampler
+  with `jax.shard_map` under `jit` over a 1-D `jax.sharding.Mesh` ('batch' axis; the Langevin
+  batch-mean norms are a `pmean` over it); score_sde's `pmap` path is `PCSampler(..., pmap=True)`.
+  (Plain GSPMD — jit with sharded keys and no shard_map — gives the same samples but ran 2–6×
+  slower on 4–8 forced CPU devices in `benchmarks/scaling.py`, so the mesh path uses shard_map.)
 - Many hosts: `initialize_distributed` starts JAX's distributed runtime; sample rounds are dealt
   round-robin (`host_rounds`), so every round is computed whole by one host and the sample set does
   not depend on the number of hosts.
@@ -23,10 +24,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 PARALLEL_MODES = ('sharding', 'pmap')
 
 
+def batch_mesh(devices=None) -> Mesh:
+  """A 1-D mesh with axis 'batch' over `devices` (default: all local devices)."""
+  return Mesh(list(jax.local_devices() if devices is None else devices), ('batch',))
+
+
 def batch_sharding(devices=None) -> NamedSharding:
   """A sharding that splits axis 0 over `devices` (default: all local devices)."""
-  devices = jax.local_devices() if devices is None else devices
-  return NamedSharding(Mesh(list(devices), ('batch',)), PartitionSpec('batch'))
+  return NamedSharding(batch_mesh(devices), PartitionSpec('batch'))
+
+
+def sampler_devices(mode: str) -> dict:
+  """PCSampler keyword arguments for `mode`: {'pmap': True} or {'mesh': the local batch mesh}."""
+  if mode not in PARALLEL_MODES:
+    raise ValueError(f'config.eval.parallel = {mode!r}; choose one of {PARALLEL_MODES}.')
+  return {'pmap': True} if mode == 'pmap' else {'mesh': batch_mesh()}
 
 
 def place_keys(keys: jax.Array, mode: str) -> jax.Array:

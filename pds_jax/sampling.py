@@ -39,6 +39,7 @@ from typing import Callable, Optional, Tuple, Type, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 from jax.tree_util import Partial
 
 from pds_jax import sde_lib
@@ -317,17 +318,17 @@ class PCSampler:
   per-sample keys (B, 2), e.g. `sample_keys(seed, first_index, B)`: then every draw of item i comes
   from its own key, so a sample does not depend on how the batch is split over devices or hosts.
 
-  Devices: `pmap=True` runs score_sde's `pmap` path over all local devices (per-sample keys only;
-  the batch is split evenly; the Langevin norms are averaged with `pmean` over `axis_name`).
-  Without it, passing keys sharded over a `jax.sharding.Mesh` (see `pds_jax.parallel`) runs the same
-  jitted functions SPMD over those devices.
+  Devices (per-sample keys only; the batch is split evenly; the Langevin norms are averaged with
+  `pmean` over the device axis): `pmap=True` is score_sde's `pmap` path over the local devices;
+  `mesh=` a 1-D `jax.sharding.Mesh` (`pds_jax.parallel.batch_mesh()`) runs the same per-device
+  program with `jax.shard_map` under `jit` — the modern path, which also spans hosts' devices.
   """
 
   def __init__(self, sde: sde_lib.SDE, shape, predictor: Union[str, Type[Predictor]] = 'reverse_diffusion',
                corrector: Union[str, Type[Corrector]] = 'langevin', inverse_scaler: Callable = lambda x: x,
                snr: float = 0.16, n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
                eps: float = 1e-3, pds_variant: str = 'official', axis_name: Optional[str] = None,
-               pmap: bool = False):
+               pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None):
     self.predictor = get_predictor(predictor) if isinstance(predictor, str) else predictor
     self.corrector = get_corrector(corrector) if isinstance(corrector, str) else corrector
     if pds_variant not in PDS_VARIANTS:
@@ -340,12 +341,24 @@ class PCSampler:
     evals = (self.predictor is not NonePredictor) + (self.corrector is not NoneCorrector) * self.n_steps
     self.nfe = sde.N * evals
     self.pmap = pmap
+    if pmap and mesh is not None:
+      raise ValueError('PCSampler: choose pmap=True or a mesh, not both.')
     if pmap:
       self.axis_name = axis_name or 'batch'
       self._init = jax.pmap(self._init_impl, in_axes=(0, None))
       self._run = jax.pmap(self._run_impl, axis_name=self.axis_name, in_axes=(None, None, 0, None),
                            static_broadcasted_argnums=(4,))
       self._finalize = jax.pmap(self._finalize_impl)
+    elif mesh is not None:
+      self.axis_name = mesh.axis_names[0]
+      batch, rep = PartitionSpec(self.axis_name), PartitionSpec()
+      carry = (batch,) * 4
+      per_device = lambda fn, in_specs, out_specs: jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+      self._init = jax.jit(per_device(self._init_impl, (batch, rep), carry))
+      self._run = jax.jit(lambda score_fn, precond, c, start, length: per_device(
+          functools.partial(self._run_impl, length=length), (rep, rep, carry, rep), carry)(score_fn, precond, c, start),
+                          static_argnums=(4,))
+      self._finalize = jax.jit(per_device(self._finalize_impl, (carry,), batch))
     else:
       self._init = jax.jit(self._init_impl)
       self._run = jax.jit(self._run_impl, static_argnums=(4,))
@@ -362,7 +375,7 @@ class PCSampler:
     else:
       prior = self.sde.prior_sampling(step_rng, self.shape)
     x = preconditioner.apply(prior)
-    return rng, x, x, jnp.int32(-1)
+    return rng, x, x, jnp.full((1,), -1, jnp.int32)
 
   def _step(self, score_fn, preconditioner, carry, i):
     rng, x, x_mean, first_bad = carry
@@ -433,7 +446,7 @@ class PCSampler:
     samples = self._finalize(carry)
     if self.pmap:
       samples = samples.reshape(self.shape)
-    bad = np.atleast_1d(np.asarray(carry[3]))
+    bad = np.asarray(carry[3]).ravel()  # one entry per device
     first_bad = int(bad[bad >= 0].min()) if np.any(bad >= 0) else -1
     if first_bad >= 0:
       t = float(np.linspace(self.sde.T, self.eps, n, dtype=np.float32)[first_bad])
@@ -455,10 +468,10 @@ class PCSampler:
 
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
                    probability_flow=False, denoise=True, eps=1e-3, pds_variant='official',
-                   axis_name=None, pmap=False) -> PCSampler:
+                   axis_name=None, pmap=False, mesh=None) -> PCSampler:
   """score_sde's `get_pc_sampler`; the returned sampler is called as sampler(rng, score_fn, preconditioner)."""
   return PCSampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps, probability_flow,
-                   denoise, eps, pds_variant, axis_name, pmap)
+                   denoise, eps, pds_variant, axis_name, pmap, mesh)
 
 
 def pc_sample(rng: jax.Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *,
@@ -489,7 +502,7 @@ def pds_schedule(config, sde: sde_lib.SDE, eps: float) -> Tuple[sde_lib.SDE, flo
 
 def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, eps: float,
                     preconditioner: Optional[Preconditioner] = None, axis_name: Optional[str] = None,
-                    pmap: bool = False):
+                    pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None):
   """score_sde/PDS's `get_sampling_fn`: a function rng, score_fn -> (samples, nfe).
 
   `sde` and `eps` are score_sde's (N = model.num_scales); `config.sampling.speed_up` k then sets
@@ -503,5 +516,5 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
   sampler = get_pc_sampler(sde, shape, config.sampling.predictor.lower(), config.sampling.corrector.lower(),
                            inverse_scaler, config.sampling.snr, config.sampling.n_steps_each,
                            config.sampling.probability_flow, config.sampling.noise_removal, eps,
-                           config.sampling.pds_variant, axis_name, pmap)
+                           config.sampling.pds_variant, axis_name, pmap, mesh)
   return functools.partial(sampler, preconditioner=preconditioner, num_chunks=config.sampling.num_chunks)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = ['quality_vs_steps', 'overhead', 'model_step',
+SCRIPTS = ['quality_vs_steps', 'overhead', 'model_step', 'scaling',
            pytest.param('compile', marks=pytest.mark.slow)]  # compiles with the cache disabled
 
 

@@ -57,21 +57,26 @@ def test_sharded_and_pmap_sampling_equal_single_device(tmp_path):
       kwargs = dict(eps=1e-5, snr=0.16)
       single, _ = sampling.PCSampler(sde, (8, 8, 8, 3), **kwargs)(keys, ref.score_fn(sde), precond)
       assert len(single.sharding.device_set) == 1
-      sharded, _ = sampling.PCSampler(sde, (8, 8, 8, 3), **kwargs)(
-          parallel.place_keys(keys, 'sharding'), ref.score_fn(sde), precond)
+      sharded, _ = sampling.PCSampler(sde, (8, 8, 8, 3), mesh=parallel.batch_mesh(), **kwargs)(
+          keys, ref.score_fn(sde), precond)
       assert len(sharded.sharding.device_set) == 4
+      gspmd, _ = sampling.PCSampler(sde, (8, 8, 8, 3), **kwargs)(
+          parallel.place_keys(keys, 'sharding'), ref.score_fn(sde), precond)
+      assert len(gspmd.sharding.device_set) == 4
       pmapped, _ = sampling.PCSampler(sde, (8, 8, 8, 3), pmap=True, **kwargs)(keys, ref.score_fn(sde), precond)
       half, _ = sampling.PCSampler(sde, (4, 8, 8, 3), **kwargs)(keys[:4], ref.score_fn(sde), precond)
-      np.save(%r, np.stack([single, sharded, pmapped]))
+      np.save(%r, np.stack([single, sharded, pmapped, gspmd]))
       np.save(%r, half)
   ''' % (str(tmp_path / 'out.npy'), str(tmp_path / 'half.npy')))
   _run([sys.executable, '-c', script], devices=4)
-  single, sharded, pmapped = np.load(tmp_path / 'out.npy')
+  single, sharded, pmapped, gspmd = np.load(tmp_path / 'out.npy')
   # Only the Langevin batch-mean norms are reduced in another order across devices.
   # Samples here are ~1e3 after 12 steps; rounding is relative to that scale (~1e-7 per reduction).
   scale = np.abs(single).max()
   np.testing.assert_allclose(sharded, single, rtol=0, atol=1e-5 * scale)
   np.testing.assert_allclose(pmapped, single, rtol=0, atol=1e-5 * scale)
+  np.testing.assert_allclose(gspmd, single, rtol=0, atol=1e-5 * scale)
+  np.testing.assert_array_equal(sharded, pmapped)  # the same per-device program
   # Per-sample keys: another batch composition changes only the Langevin step size, not the noise.
   half = np.load(tmp_path / 'half.npy')
   assert np.corrcoef(half.ravel(), single[:4].ravel())[0, 1] > 0.99
