@@ -152,3 +152,14 @@ def output_paths(name: str, out_dir: Optional[str], quick: bool) -> Dict[str, pa
 
 def write_json(path: pathlib.Path, payload: dict) -> None:
   atomic_write(str(path), lambda f: f.write((json.dumps(payload, indent=2) + '\n').encode()))
+
+
+def finish(paths: Dict[str, pathlib.Path], payload: dict, plot: Callable, report: Callable,
+           write: bool = True) -> dict:
+  """Writes the JSON (unless already written) and the PNG, prints the tables, returns the payload."""
+  if write:
+    write_json(paths['json'], payload)
+  plot(payload, paths['png'])
+  print(report(payload))
+  print(f'\nwrote {paths["json"]} and {paths["png"]}')
+  return payload

@@ -171,11 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     return None
   paths = common.output_paths('compile', args.out_dir, args.quick)
   payload = run(args)
-  common.write_json(paths['json'], payload)
-  plot(payload, paths['png'])
-  print(report(payload))
-  print(f'\nwrote {paths["json"]} and {paths["png"]}')
-  return payload
+  return common.finish(paths, payload, plot, report)
 
 
 if __name__ == '__main__':

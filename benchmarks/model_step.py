@@ -331,11 +331,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   common.use_compilation_cache()
   paths = common.output_paths('model_step_full' if args.full else 'model_step', args.out_dir, args.quick)
   payload = run(args)
-  common.write_json(paths['json'], payload)
-  plot(payload, paths['png'])
-  print(report(payload))
-  print(f'\nwrote {paths["json"]} and {paths["png"]} in {payload["total_wall_s"]:.0f} s')
-  return payload
+  print(f'measured in {payload["total_wall_s"]:.0f} s')
+  return common.finish(paths, payload, plot, report)
 
 
 if __name__ == '__main__':

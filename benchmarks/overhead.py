@@ -139,11 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   common.use_compilation_cache()
   paths = common.output_paths('overhead', args.out_dir, args.quick)
   payload = run(args)
-  common.write_json(paths['json'], payload)
-  plot(payload, paths['png'])
-  print(report(payload))
-  print(f'\nwrote {paths["json"]} and {paths["png"]}')
-  return payload
+  return common.finish(paths, payload, plot, report)
 
 
 if __name__ == '__main__':

@@ -250,10 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     common.write_json(paths['json'], payload)
   else:
     payload = run(args, paths)
-  plot(payload, paths['png'])
-  print(report(payload))
-  print(f'\nwrote {paths["json"]} and {paths["png"]}')
-  return payload
+  return common.finish(paths, payload, plot, report, write=False)
 
 
 if __name__ == '__main__':

@@ -355,10 +355,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     return None
   paths = common.output_paths('scaling', args.out_dir, args.quick)
   payload = run(args)
-  common.write_json(paths['json'], payload)
-  plot(payload, paths['png'])
-  print(report(payload))
-  print(f'\nwrote {paths["json"]} and {paths["png"]}')
+  common.finish(paths, payload, plot, report)
   if not payload['agreement']['all_agree']:
     sys.exit('samples on several devices disagree with d=1 beyond --rtol; see "agreement" in the JSON.')
   return payload
