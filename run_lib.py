@@ -159,11 +159,6 @@ class SamplingRun:
     return sampling.get_sampling_fn(self.config, self.sde, self.shape, get_data_inverse_scaler(self.config),
                                     self.eps, preconditioner, **parallel_lib.sampler_devices(self.config.eval.parallel))
 
-  @property
-  def nfe(self) -> int:
-    """Score evaluations per sample of the configured sampler."""
-    return self.sampler(Preconditioner()).func.nfe
-
   def settings(self, preconditioner: Preconditioner) -> Dict:
     s = self.config.sampling
     sde, eps = sampling.pds_schedule(self.config, self.sde, self.eps)
@@ -266,9 +261,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = '
   todo = [r for r in parallel_lib.host_rounds(num_rounds) if r not in done]
   logging.info('host %d: %d of its rounds to sample (%d rounds of %d in the job)', host, len(todo), num_rounds, batch)
   from tqdm.auto import tqdm
-  times, nfe = [], 0
+  times = []
   for r in tqdm(todo, desc=f'rounds (host {host})', unit='round'):
-    samples, nfe, seconds = draw(sampler, sampling.sample_keys(config.seed, r * batch, batch), run.score_fn, parallel)
+    samples, _, seconds = draw(sampler, sampling.sample_keys(config.seed, r * batch, batch), run.score_fn, parallel)
     write_npz(_shard_path(folder, r, host), samples=np.clip(samples * 255., 0, 255).astype(np.uint8),
               samples_float=samples)
     times.append(seconds)
@@ -285,7 +280,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = '
   write_png(os.path.join(folder, 'grid.png'), image_grid(np.concatenate(preview)))
   report = {'settings': {**settings, 'parallel': parallel, 'devices_per_host': jax.local_device_count(),
                          'hosts': jax.process_count()},
-            'num_samples': accumulator.count, 'num_rounds': num_rounds, 'nfe_per_sample': run.nfe,
+            'num_samples': accumulator.count, 'num_rounds': num_rounds, 'nfe_per_sample': sampler.func.nfe,
             'wall_seconds_per_round_this_run_host0': times, 'first_round_includes_compile': bool(times),
             'metrics': exact_metrics(config, accumulator)}
   write_json(os.path.join(folder, 'report.json'), report)
