@@ -14,11 +14,12 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Configuration file (ml_collections).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory (checkpoints/ of the model; outputs go under it).')
 flags.DEFINE_enum('mode', None, list(run_lib.MODES), 'Running mode.')
-flags.DEFINE_string('eval_folder', None, 'Output folder inside workdir (default: eval, or compare for --mode compare).')
+flags.DEFINE_string('eval_folder', None, 'Output folder inside workdir (default: eval; compare, stats for those modes).')
 flags.DEFINE_float('speed_up', 1., 'PDS speed-up k: sample with int(num_scales / k) steps.')
 flags.DEFINE_float('alpha', 5., 'PDS mask strength alpha >= 1 (larger = closer to the vanilla sampler).')
 flags.DEFINE_string('freq_mask_path', None, 'Official PDS frequency statistic (.npy, shape (C, H, W)).')
 flags.DEFINE_string('space_mask_path', None, 'Official PDS space statistic (.npy, shape (C, H, W)).')
+flags.DEFINE_list('sample_dirs', None, '--mode eval: sample folders to score (default: workdir/eval).')
 flags.DEFINE_string('pytorch_checkpoint', None, 'score_sde_pytorch .pth file for --mode convert.')
 flags.DEFINE_string('jax_cache', os.path.expanduser('~/.cache/pds_jax/jax'),
                     'Persistent JAX compilation cache folder ("" to disable).')
@@ -47,12 +48,20 @@ def main(argv):
   try:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                     auto=FLAGS.distributed)
-    if FLAGS.mode == 'sample':
+    if FLAGS.mode == 'train':
+      run_lib.train(config, FLAGS.workdir)
+    elif FLAGS.mode == 'sample':
       run_lib.sample(config, FLAGS.workdir, FLAGS.eval_folder or 'eval')
     elif FLAGS.mode == 'compare':
       run_lib.compare(config, FLAGS.workdir, FLAGS.eval_folder or 'compare')
     elif FLAGS.mode == 'convert':
       run_lib.convert(config, FLAGS.workdir, FLAGS.pytorch_checkpoint)
+    elif FLAGS.mode == 'stats':
+      run_lib.stats(config, FLAGS.workdir, FLAGS.eval_folder or 'stats')
+    elif FLAGS.mode == 'fit_init':
+      run_lib.fit_init(config, FLAGS.workdir)
+    elif FLAGS.mode == 'eval':
+      run_lib.evaluate(config, FLAGS.workdir, FLAGS.sample_dirs, FLAGS.eval_folder or 'eval')
   except (ValueError, FloatingPointError, OSError) as e:  # bad input, non-finite samples, a full disk: a message
     print(f'pds_jax: error: {e}', file=sys.stderr)
     sys.exit(2)

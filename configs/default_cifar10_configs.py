@@ -1,7 +1,8 @@
 """Default CIFAR-10 settings, as in score_sde's `configs/default_cifar10_configs.py`, plus PDS fields."""
 import ml_collections
 
-from configs.default_pds import add_pds_fields, add_scale_fields
+from configs.default_pds import (add_data_fields, add_pds_fields, add_scale_fields,
+                                 add_stats_and_metric_fields, add_init_aware_fields)
 
 
 def get_default_configs():
@@ -74,4 +75,7 @@ def get_default_configs():
 
   config.seed = 42
 
+  add_data_fields(config.data)
+  add_stats_and_metric_fields(config)
+  add_init_aware_fields(config)
   return config

@@ -32,3 +32,81 @@ def add_scale_fields(evaluate: ml_collections.ConfigDict) -> None:
   """
   evaluate.parallel = 'sharding'
   evaluate.wait_timeout = 24 * 3600.
+
+
+def add_data_fields(data: ml_collections.ConfigDict) -> None:
+  """Adds the optional data-source fields read by `pds_jax.datasets` to `config.data` in place.
+
+  path: image folder, .npz or .npy file (data.dataset 'folder' / 'npz' / 'npy').
+  array_key: the array of an .npz holding several.
+  tfds_dir: TFDS data folder (ArrayRecord format) for CIFAR10 / SVHN / CELEBA / LSUN; None reads
+    $TFDS_DATA_DIR, then ~/tensorflow_datasets.
+  tfrecords_path: score_sde's FFHQ / CelebAHQ TFRecord file.
+  category: LSUN category (score_sde's LSUN configs set it).
+  """
+  for name in ('path', 'array_key', 'tfds_dir', 'tfrecords_path', 'category'):
+    if name not in data:  # keep a value a config already set (score_sde's LSUN category, FFHQ path)
+      data[name] = config_dict.placeholder(str)
+
+
+def add_stats_and_metric_fields(config: ml_collections.ConfigDict) -> None:
+  """Adds `config.stats` (for --mode stats) and the metric fields of `config.eval` (--mode eval).
+
+  stats.num_images: statistics over a random subset of this many images (None: all of them; the
+    official PDS script uses 200). stats.split: 'train', 'eval' or 'all'.
+  eval.inception_path: the FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05
+    state dict, .pth or .npz); None skips FID / KID / IS. eval.num_reference: reference images
+    for --mode eval (from eval.reference_split of the dataset). eval.kid_subsets and
+    eval.kid_subset_size: KID's subsets (the size is capped by the smaller set).
+  """
+  config.stats = stats = ml_collections.ConfigDict()
+  stats.num_images = config_dict.placeholder(int)
+  stats.split = 'train'
+  evaluate = config.eval
+  evaluate.inception_path = config_dict.placeholder(str)
+  evaluate.num_reference = 10000
+  evaluate.reference_split = 'train'
+  evaluate.kid_subsets = 100
+  evaluate.kid_subset_size = 1000
+
+
+def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
+  """Adds initialization-aware sampling (Fassina et al.; `pds_jax.init_aware`) to a config in place.
+
+  config.sampling (used when sampling.method = 'init_aware'):
+    init: q_T — 'spectral_gaussian' (closed form, zero training), 'flow' (learned), 'gaussian'
+      (N(0, σ_T² I), uninformed) or 'empirical' (training images + σ_T ε, the oracle).
+    init_sampler: 'heun' / 'euler' / 'ancestral' on the Karras grid σ_T → init_sigma_min
+      (init_nodes nodes, ρ = init_rho, then 0), or 'pc' (the PC sampler cut at σ_T, init_nodes steps).
+    init_path: the fit_init folder (None: workdir/init).
+  config.init_aware (used by --mode fit_init):
+    sigma_t: σ_T in the model's data range (None: choose it with the dip-test procedure on
+      num_directions random directions within sigma_t_bounds; a projection counts as multimodal
+      when its dip-test p-value is below dip_alpha / num_directions (Bonferroni: with the
+      official z-score rule one of many directions of unimodal data misfires and sets σ_T).
+    num_images: training images the init is fitted on (a seeded subset; val_fraction held out).
+    flow_type, regime, epochs, batch_size, lr (None: the flow's default), tarflow.*, coupling.*:
+      the flow for init = 'flow' (TarFlow's data_scale None means 2 σ_T, the paper's 7 → 14).
+  """
+  s = config.sampling
+  s.init = 'spectral_gaussian'
+  s.init_sampler = 'heun'
+  s.init_nodes = 20
+  s.init_rho = 5.
+  s.init_sigma_min = 0.002
+  s.init_path = config_dict.placeholder(str)
+  config.init_aware = ia = ml_collections.ConfigDict()
+  ia.sigma_t = config_dict.placeholder(float)
+  ia.sigma_t_bounds = (0.1, 20.)
+  ia.num_directions = 64
+  ia.dip_alpha = 0.05
+  ia.num_images = 4096
+  ia.val_fraction = 0.1
+  ia.flow_type = 'tarflow'
+  ia.regime = 'dynamic'
+  ia.epochs = 20
+  ia.batch_size = 64
+  ia.lr = config_dict.placeholder(float)
+  ia.tarflow = ml_collections.ConfigDict(dict(patch_size=2, channels=128, num_blocks=1, layers_per_block=8,
+                                              head_dim=64, expansion=4, data_scale=config_dict.placeholder(float)))
+  ia.coupling = ml_collections.ConfigDict(dict(base='gaussian', df=3., flow_layers=5, nn_width=50, nn_depth=3))

@@ -169,10 +169,10 @@ def _check_fits_model(trees: Sequence[Tuple[str, Mapping[Path, Shape], Mapping[P
 
 # --- legacy files -----------------------------------------------------------------------------
 
-def _numbered_checkpoints(folder: str) -> List[Tuple[int, str]]:
-  """(N, path) of the files named checkpoint_<N> in `folder`, sorted by N."""
+def list_checkpoints(folder: str) -> List[Tuple[int, str]]:
+  """(N, path) of the files named checkpoint_<N> in `folder`, sorted by N ([] for a missing folder)."""
   found = []
-  for name in os.listdir(folder):
+  for name in (os.listdir(folder) if os.path.isdir(folder) else ()):
     match = _CHECKPOINT_NAME.fullmatch(name)
     if match and os.path.isfile(os.path.join(folder, name)):
       found.append((int(match.group(1)), os.path.join(folder, name)))
@@ -187,7 +187,7 @@ def latest_checkpoint(path: str) -> str:
   if not os.path.isdir(path):
     raise CheckpointNotFoundError(f'{path}: no such checkpoint file or folder.')
   for folder in (path, os.path.join(path, 'checkpoints')):
-    found = _numbered_checkpoints(folder) if os.path.isdir(folder) else []
+    found = list_checkpoints(folder)
     if found:
       return found[-1][1]
   contents = sorted(os.listdir(path))
@@ -336,7 +336,7 @@ def save_checkpoint(ckpt_dir: str, state: State, step: int, keep: Optional[int] 
   final = os.path.join(ckpt_dir, f'checkpoint_{int(step)}')
   atomic_write(final, lambda f: f.write(data))
   if keep is not None:
-    for _, old in _numbered_checkpoints(ckpt_dir)[:-keep]:
+    for _, old in list_checkpoints(ckpt_dir)[:-keep]:
       os.remove(old)
   return final
 

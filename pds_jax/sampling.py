@@ -341,6 +341,7 @@ class PCSampler:
     evals = (self.predictor is not NonePredictor) + (self.corrector is not NoneCorrector) * self.n_steps
     self.nfe = sde.N * evals
     self.pmap = pmap
+    self._first_bad_shape = (mesh.size,) if mesh is not None else (1,)  # one entry per device
     if pmap and mesh is not None:
       raise ValueError('PCSampler: choose pmap=True or a mesh, not both.')
     if pmap:
@@ -402,7 +403,8 @@ class PCSampler:
 
   def __call__(self, rng: jax.Array, score_fn: ScoreFn, preconditioner: Optional[Preconditioner] = None, *,
                num_chunks: int = 1, progress: bool = False,
-               callback: Optional[Callable[[int, jax.Array], None]] = None) -> Tuple[jax.Array, int]:
+               callback: Optional[Callable[[int, jax.Array], None]] = None,
+               x_init: Optional[jax.Array] = None) -> Tuple[jax.Array, int]:
     """Draws one batch of samples.
 
     Args:
@@ -413,6 +415,8 @@ class PCSampler:
       num_chunks: run the N steps as this many jitted scans (samples are bit-identical for any value).
       progress: show a tqdm bar over the steps.
       callback: called as callback(steps_done, x_mean) after each chunk (snapshots).
+      x_init: the chain's starting state (`shape`) in place of the prior draw (initialization-aware
+        sampling starts from x_T ~ q_T); used as given, M is not applied to it.
 
     Returns:
       (samples after the inverse scaler, number of score evaluations).
@@ -427,7 +431,15 @@ class PCSampler:
     bounds = np.linspace(0, n, num_chunks + 1).round().astype(int)
     if self.pmap:
       rng = self._per_device(rng)
-    carry = self._init(rng, preconditioner)
+    if x_init is None:
+      carry = self._init(rng, preconditioner)
+    else:
+      if tuple(x_init.shape) != tuple(self.shape):
+        raise ValueError(f'x_init has shape {tuple(x_init.shape)}; the sampler draws {tuple(self.shape)}.')
+      if self.pmap:
+        x_init = x_init.reshape((rng.shape[0], -1) + tuple(self.shape[1:]))
+      first_bad = (rng.shape[0],) + self._first_bad_shape if self.pmap else self._first_bad_shape
+      carry = (rng, x_init, x_init, jnp.full(first_bad, -1, jnp.int32))
     bar = None
     if progress:
       from tqdm.auto import tqdm

@@ -1,7 +1,7 @@
 """NCSN++ cont. (VE SDE) on FFHQ 1024px; score_sde `configs/ve/ffhq_ncsnpp_continuous.py`."""
 import ml_collections
 
-from configs.default_pds import add_pds_fields
+from configs.default_pds import add_data_fields, add_pds_fields, add_stats_and_metric_fields, add_init_aware_fields
 
 
 def get_config():
@@ -93,4 +93,7 @@ def get_config():
 
   config.seed = 42
 
+  add_data_fields(config.data)
+  add_stats_and_metric_fields(config)
+  add_init_aware_fields(config)
   return config
