@@ -126,9 +126,10 @@ def get_score_fn(config, workdir: Optional[str], sde: sde_lib.SDE):
     return gaussian_reference(config).score_fn(sde), {'model': GAUSSIAN_REFERENCE}
   from pds_jax import checkpoints
   from pds_jax.models import utils as mutils
-  if not workdir:
-    raise ValueError('--workdir must hold checkpoints/ (or be a checkpoint file) to sample from a model.')
-  state = checkpoints.restore_checkpoint(workdir, config)
+  source = config.eval.checkpoint_path or workdir
+  if not source:
+    raise ValueError('--workdir must hold checkpoints/ (or set config.eval.checkpoint_path) to sample from a model.')
+  state = checkpoints.restore_checkpoint(source, config)
   model = mutils.get_model(config.model.name)(config=config)
   score_fn = mutils.get_score_fn(sde, model, state.params_ema, state.model_state, train=False,
                                  continuous=config.training.continuous, dtype=config.eval.dtype)
@@ -325,31 +326,69 @@ def _masks_for_compare(config) -> Preconditioner:
   return preconditioning.from_statistics(freq, None, s.alpha, shape=image_shape(config))
 
 
+def _vanilla_config(config):
+  """The config of compare's vanilla run: sampling.vanilla_speed_up in place of speed_up when set."""
+  if config.sampling.vanilla_speed_up is None:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.sampling.speed_up = config.sampling.vanilla_speed_up
+  return config
+
+
+def _sample_metrics(config, samples: np.ndarray, reference) -> Dict[str, float]:
+  """Exact Gaussian metrics for the reference family; else SWD, KID and FD on fixed features."""
+  if config.model.name == GAUSSIAN_REFERENCE:
+    return exact_metrics(config, gaussian.MomentAccumulator().add(samples))
+  from pds_jax import evaluation
+  metric_config = ml_collections.ConfigDict(config.to_dict())
+  metric_config.eval.kid_subset_size = min(config.eval.kid_subset_size, len(samples))
+  metrics = evaluation.evaluate_samples(samples, reference, metric_config)
+  return {'swd_avg': metrics['swd']['avg'], 'fd_features': metrics['fd_features'], 'kid': metrics['kid']['mean']}
+
+
 def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'compare') -> Dict:
-  """Vanilla vs PDS with the same seed and steps: a side-by-side grid, both metrics and wall times."""
-  run = SamplingRun.build(config, workdir)
+  """Vanilla vs PDS from the same seeds: a side-by-side grid, both metrics and both wall times.
+
+  The vanilla run uses sampling.vanilla_speed_up (None: the same steps as PDS), the PDS run
+  sampling.speed_up, so `vanilla_speed_up = 1, speed_up = k` sets N steps against N / k.
+  For a trained model the metrics are computed against eval.num_reference dataset images.
+  """
+  runs = {'vanilla': SamplingRun.build(_vanilla_config(config), workdir)}
+  runs['pds'] = SamplingRun.build(config, workdir) if config.sampling.vanilla_speed_up is not None else runs['vanilla']
   preconditioned = _masks_for_compare(config)
   folder = _output_folder(workdir, eval_folder)
+  reference = None
+  if config.model.name != GAUSSIAN_REFERENCE:
+    from pds_jax import evaluation
+    metric_config = ml_collections.ConfigDict(config.to_dict())
+    metric_config.eval.kid_subset_size = min(config.eval.kid_subset_size, config.eval.batch_size)
+    reference = evaluation.image_features(_reference_images(config, config.eval.num_reference), metric_config,
+                                          'reference')
   keys = sampling.sample_keys(config.seed, 0, config.eval.batch_size)
   results, grids = {}, []
   for name, precond in (('vanilla', Preconditioner()), ('pds', preconditioned)):
+    run = runs[name]
     sampler = run.sampler(precond)
-    draw(sampler, keys, run.score_fn)  # compile and warm up, so the wall time below is sampling only
+    draw(sampler, keys[:run.shape[0]], run.score_fn)  # compile and warm up: the wall time below is sampling only
     samples, nfe, seconds = draw(sampler, keys, run.score_fn)
     write_npz(os.path.join(folder, f'samples_{name}.npz'), samples=np.clip(samples * 255., 0, 255).astype(np.uint8),
               samples_float=samples)
     results[name] = {'settings': run.settings(precond), 'nfe_per_sample': nfe, 'wall_seconds': seconds,
-                     'metrics': exact_metrics(config, gaussian.MomentAccumulator().add(samples))}
+                     'metrics': _sample_metrics(config, np.clip(samples, 0., 1.), reference)}
     grids.append(image_grid(samples[:36], nrow=6))
     print(f'{name:8s} steps={results[name]["settings"]["num_steps"]:5d} nfe={nfe:5d} '
-          f'wall={seconds:7.2f}s ' + ' '.join(f'{k}={v:.4g}' for k, v in (results[name]['metrics'] or {}).items()))
+          f'wall={seconds:7.2f}s ' + ' '.join(f'{k}={v:.4g}' for k, v in results[name]['metrics'].items()))
   gap = np.full((grids[0].shape[0], 12, 3), 255, np.uint8)
   write_png(os.path.join(folder, 'vanilla_vs_pds.png'), np.concatenate([grids[0], gap, grids[1]], axis=1))
   if config.model.name == GAUSSIAN_REFERENCE:
-    reference = gaussian_reference(config)
-    floor = gaussian.metrics(reference.sample(jax.random.PRNGKey(config.seed + 2), run.shape[0]), reference)
-    results['exact_samples_noise_floor'] = floor
-    print('exact samples (noise floor of the metrics): ' + ' '.join(f'{k}={v:.4g}' for k, v in floor.items()))
+    reference_model = gaussian_reference(config)
+    floor = gaussian.metrics(reference_model.sample(jax.random.PRNGKey(config.seed + 2), config.eval.batch_size),
+                             reference_model)
+  else:  # the same metrics of as many held-out data images
+    held_out = np.concatenate(list(datasets.iterate_images(config, 'eval', config.eval.batch_size, seed=config.seed)))
+    floor = _sample_metrics(config, held_out, reference)
+  results['noise_floor'] = floor
+  print('data images (noise floor of the metrics): ' + ' '.join(f'{k}={v:.4g}' for k, v in floor.items()))
   write_json(os.path.join(folder, 'report.json'), results)
   print(f'wrote {folder}/vanilla_vs_pds.png and report.json')
   return results

@@ -1,6 +1,8 @@
 """pds_jax: preconditioned diffusion sampling for score_sde models in JAX/Flax."""
 from setuptools import find_packages, setup
 
+TFDS = ['tensorflow-datasets==4.9.10', 'array-record==0.8.6']
+
 setup(
     name='pds_jax',
     version='0.1.0',
@@ -10,6 +12,7 @@ setup(
     python_requires='>=3.11,<3.12',
     packages=find_packages(include=['pds_jax', 'pds_jax.*', 'configs', 'configs.*']),
     py_modules=['main', 'run_lib'],
+    package_data={'pds_jax': ['assets/*/*', 'assets/*/checkpoints/*']},
     install_requires=[
         'jax==0.10.2',
         'jaxlib==0.10.2',
@@ -23,9 +26,13 @@ setup(
         'tqdm==4.70.1',
         'pillow==12.3.0',
         'matplotlib==3.11.2',
+        'scikit-image==0.26.0',  # the bundled natural-image patches and faces (pds_jax.datasets)
+        'scikit-learn==1.9.1',  # the bundled digits
     ],
     extras_require={
-        'test': ['pytest==9.2.0', 'hypothesis==6.170.15'],
+        'test': ['pytest==9.2.0', 'hypothesis==6.170.15', 'nbclient==0.11.0', 'nbformat==5.11.1',
+                 'ipykernel==7.4.0', TFDS[0], TFDS[1]],
         'torch': ['torch==2.13.0'],
+        'tfds': TFDS,  # score_sde's TFDS datasets, read from ArrayRecord files without TensorFlow
     },
 )

@@ -13,6 +13,7 @@ def add_pds_fields(sampling: ml_collections.ConfigDict) -> None:
     (drift f - ½ g² (I + M Mᵀ) s, noise g M ξ: keeps every marginal p_t for a fixed M).
   num_chunks: the time loop runs as this many jitted `lax.scan` chunks with a progress bar
     between them; the samples are bit-identical for every value.
+  vanilla_speed_up: --mode compare runs vanilla with this k (None: speed_up, the same steps as PDS).
   """
   sampling.speed_up = 1.
   sampling.alpha = 5.
@@ -20,6 +21,7 @@ def add_pds_fields(sampling: ml_collections.ConfigDict) -> None:
   sampling.space_mask_path = config_dict.placeholder(str)
   sampling.pds_variant = 'official'
   sampling.num_chunks = 10
+  sampling.vanilla_speed_up = config_dict.placeholder(float)
 
 
 def add_scale_fields(evaluate: ml_collections.ConfigDict) -> None:
@@ -28,9 +30,11 @@ def add_scale_fields(evaluate: ml_collections.ConfigDict) -> None:
   parallel: 'sharding' (jit over a jax.sharding.Mesh of the local devices) or 'pmap' (score_sde's
     path); both give the same samples. eval.batch_size is the per-host batch of one round and must
     be divisible by the number of local devices.
+  checkpoint_path: the checkpoint file or folder to sample from (None: the workdir's checkpoints/).
   wait_timeout: seconds host 0 waits for the other hosts' shards before writing the merged report.
   """
   evaluate.parallel = 'sharding'
+  evaluate.checkpoint_path = config_dict.placeholder(str)
   evaluate.wait_timeout = 24 * 3600.
 
 
@@ -57,7 +61,9 @@ def add_stats_and_metric_fields(config: ml_collections.ConfigDict) -> None:
   eval.inception_path: the FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05
     state dict, .pth or .npz); None skips FID / KID / IS. eval.num_reference: reference images
     for --mode eval (from eval.reference_split of the dataset). eval.kid_subsets and
-    eval.kid_subset_size: KID's subsets (the size is capped by the smaller set).
+    eval.kid_subset_size: KID's subsets (the size is capped by the smaller set). eval.metric_seed:
+    seed of the SWD directions and KID subsets; eval.is_splits, eval.inception_batch_size: IS
+    splits and Inception batch.
   """
   config.stats = stats = ml_collections.ConfigDict()
   stats.num_images = config_dict.placeholder(int)
@@ -68,6 +74,9 @@ def add_stats_and_metric_fields(config: ml_collections.ConfigDict) -> None:
   evaluate.reference_split = 'train'
   evaluate.kid_subsets = 100
   evaluate.kid_subset_size = 1000
+  evaluate.metric_seed = 0
+  evaluate.is_splits = 10
+  evaluate.inception_batch_size = 50
 
 
 def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = ['quality_vs_steps', 'overhead', 'model_step', 'scaling',
+SCRIPTS = ['quality_vs_steps', 'overhead', 'model_step', 'scaling', 'default_model_steps',
            pytest.param('compile', marks=pytest.mark.slow)]  # compiles with the cache disabled
 
 

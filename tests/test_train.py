@@ -15,7 +15,7 @@ from test_cli import _main
 from pds_jax import checkpoints
 from test_losses import tiny_config
 
-TINY_TRAIN = ['--config', str(ROOT / 'configs/ve/natural_patches_ncsnpp_small.py'), '--config.data.image_size=8',
+TINY_TRAIN = ['--config', str(ROOT / 'configs/patches/natural_patches_ncsnpp_small.py'), '--config.data.image_size=8',
               '--config.model.nf=8', '--config.model.ch_mult=(1, 2)', '--config.model.attn_resolutions=(4,)',
               '--config.model.num_scales=10', '--config.training.batch_size=4', '--config.optim.warmup=4',
               '--config.training.log_freq=2', '--config.training.eval_freq=2',

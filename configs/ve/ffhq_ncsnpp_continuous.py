@@ -1,7 +1,8 @@
 """NCSN++ cont. (VE SDE) on FFHQ 1024px; score_sde `configs/ve/ffhq_ncsnpp_continuous.py`."""
 import ml_collections
 
-from configs.default_pds import add_data_fields, add_pds_fields, add_stats_and_metric_fields, add_init_aware_fields
+from configs.default_pds import (add_data_fields, add_init_aware_fields, add_pds_fields, add_scale_fields,
+                                 add_stats_and_metric_fields)
 
 
 def get_config():
@@ -38,6 +39,7 @@ def get_config():
   evaluate.begin_ckpt = 1
   evaluate.end_ckpt = 96
   evaluate.dtype = 'float32'  # inference dtype of the score model: float32 | bfloat16 | float16
+  add_scale_fields(evaluate)
 
   # data
   config.data = data = ml_collections.ConfigDict()

@@ -2,7 +2,7 @@
 patches (`pds_jax.datasets`, 'natural_patches'), sized to train on 2 CPU cores in about an hour.
 
 Trained with this project's own `--mode train` (the command and the measured quality are in
-`pds_jax/assets/README.md`); the shipped checkpoint holds only `params_ema`.
+`pds_jax/assets/natural_patches_32/README.md`); the shipped checkpoint holds only `params_ema`.
 """
 from configs.default_cifar10_configs import get_default_configs
 

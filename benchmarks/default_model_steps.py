@@ -1,0 +1,199 @@
+"""Sample quality vs steps on the shipped default model: vanilla PC, PDS, and initialization-aware.
+
+Model: the small NCSN++ (VE) of configs/default_model.py, trained with this project's --mode train
+on the bundled 32×32 natural-image patches. Samplers, all from the same per-sample seeds:
+  vanilla   reverse_diffusion + langevin (snr 0.16), N = 1000 / k steps, eps = 1e-5 · k (PDS's speed_up)
+  pds       the same with the shipped PDS masks (frequency and space statistic, α = --alpha)
+  init_s<σ_T>      x_T ~ the closed-form spectral Gaussian init at σ_T (run_lib.fit_init on 4096
+                   training patches; zero training), then EDM Heun on the Karras grid σ_T → 0.002 (ρ 5)
+  init_pds_s<σ_T>  the same with the PDS masks on the Heun updates
+Metrics against 2000 training patches (pds_jax.evaluation): multi-scale SWD (×10³, average of the
+levels), Fréchet distance and KID on the fixed statistics features; the noise floor is the same
+metrics of as many held-out patches (the 'chelsea' photo, never trained on). The speed-up at equal
+quality is read off per metric with benchmarks.quality_vs_steps.steps_to_reach (target: 1.05 ×
+vanilla's value at its largest N), counting score evaluations (NFE).
+
+  python -m benchmarks.default_model_steps            # full setting
+  python -m benchmarks.default_model_steps --quick    # smoke setting (< 1 min)
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+import run_lib
+from benchmarks import common
+from benchmarks.quality_vs_steps import steps_to_reach
+from configs.default_model import get_config
+from pds_jax import datasets, evaluation, sampling
+from pds_jax.preconditioning import Preconditioner
+
+METRICS = ('swd_avg', 'fd_features', 'kid')
+TOLERANCE = 1.05
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--quick', action='store_true', help='smoke setting (16 samples, 5 PC steps, 3 Heun nodes)')
+  p.add_argument('--num_samples', type=int, default=200)
+  p.add_argument('--batch_size', type=int, default=100)
+  p.add_argument('--steps', type=str, default='10,20,50,100,200,500,1000', help='PC steps N (vanilla and pds)')
+  p.add_argument('--init_nodes', type=str, default='4,6,10,20', help='Karras nodes of the init-aware runs')
+  p.add_argument('--sigma_t', type=str, default='1,3.5', help='σ_T of the init-aware runs (spectral init refitted)')
+  p.add_argument('--alpha', type=float, default=5.)
+  p.add_argument('--num_reference', type=int, default=2000)
+  p.add_argument('--out_dir', type=str, default=None, help='default benchmarks/results')
+  args = p.parse_args(argv)
+  if args.quick:
+    args.num_samples, args.batch_size, args.steps, args.init_nodes, args.num_reference = 16, 16, '5', '3', 64
+    args.sigma_t = '3.5'
+  return args
+
+
+def _ints(text: str) -> List[int]:
+  return sorted({int(v) for v in text.split(',') if v.strip()})
+
+
+def _floats(text: str) -> List[float]:
+  return sorted({float(v) for v in text.split(',') if v.strip()})
+
+
+def _config(args, method: str, n: int, init_dirs: Dict[str, str]) -> ml_collections.ConfigDict:
+  config = get_config()
+  config.eval.batch_size = args.batch_size
+  config.sampling.alpha = args.alpha
+  config.sampling.num_chunks = 1
+  if method.startswith('init'):
+    config.sampling.method = 'init_aware'
+    config.sampling.init_nodes = n
+    config.sampling.init_path = init_dirs[method.split('_s')[-1]]
+  else:
+    config.sampling.speed_up = config.model.num_scales / n
+  return config
+
+
+def _metrics(config, samples: np.ndarray, reference) -> Dict[str, float]:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.kid_subset_size = min(len(samples), 1000)
+  m = evaluation.evaluate_samples(samples, reference, config)
+  return {'swd_avg': m['swd']['avg'], 'fd_features': m['fd_features'], 'kid': m['kid']['mean']}
+
+
+def run(args) -> dict:
+  base = get_config()
+  base.eval.batch_size = args.batch_size
+  reference_images = run_lib._reference_images(base, args.num_reference)
+  metric_config = ml_collections.ConfigDict(base.to_dict())
+  metric_config.eval.kid_subset_size = min(args.num_samples, 1000)
+  reference = evaluation.image_features(reference_images, metric_config, 'reference')
+  held_out = np.concatenate(list(datasets.iterate_images(base, 'eval', args.num_samples, seed=1)))
+  floor = _metrics(base, held_out, reference)
+  print('noise floor (held-out patches):', floor)
+  results = {}
+  families = {'vanilla': _ints(args.steps), 'pds': _ints(args.steps)}
+  init_dirs = {}
+  for sigma_t in _floats(args.sigma_t):  # the closed-form spectral init of the training patches at each σ_T
+    config = get_config()
+    config.init_aware.sigma_t = sigma_t
+    config.sampling.init_path = init_dirs[f'{sigma_t:g}'] = tempfile.mkdtemp(prefix=f'init_{sigma_t:g}_')
+    run_lib.fit_init(config, config.sampling.init_path)
+    families[f'init_s{sigma_t:g}'] = families[f'init_pds_s{sigma_t:g}'] = _ints(args.init_nodes)
+  for method, grid in families.items():
+    for n in grid:
+      config = _config(args, method, n, init_dirs)
+      sampler_run = run_lib.SamplingRun.build(config, None)
+      precond = run_lib.load_preconditioner(config) if 'pds' in method else Preconditioner()
+      sampler = sampler_run.sampler(precond)
+      batches, nfe, wall = [], 0, 0.
+      for start in range(0, args.num_samples, args.batch_size):
+        keys = sampling.sample_keys(config.seed, start, args.batch_size)
+        samples, nfe, seconds = run_lib.draw(sampler, keys, sampler_run.score_fn)
+        batches.append(samples)
+        wall += seconds
+      samples = np.clip(np.concatenate(batches)[:args.num_samples], 0., 1.)
+      entry = {'n': n, 'nfe': int(nfe), 'wall_seconds_incl_compile': wall, 'metrics': _metrics(config, samples, reference),
+               'settings': sampler_run.settings(precond)}
+      results.setdefault(method, []).append(entry)
+      print(f'{method:9s} n={n:5d} nfe={int(nfe):5d} wall={wall:7.1f}s ' +
+            ' '.join(f'{k}={v:.4g}' for k, v in entry['metrics'].items()), flush=True)
+  return {'floor': floor, 'results': results}
+
+
+def summarise(payload: dict) -> dict:
+  """Per metric: the NFE each method needs to reach 1.05 × vanilla's value at its largest N."""
+  results = payload['results']
+  summary = {}
+  for metric in METRICS:
+    vanilla = results['vanilla']
+    target = TOLERANCE * vanilla[-1]['metrics'][metric]
+    summary[metric] = {'target': target, 'vanilla_best_nfe': vanilla[-1]['nfe']}
+    for method, entries in results.items():
+      nfe = [e['nfe'] for e in entries]
+      values = [max(e['metrics'][metric], 1e-12) for e in entries]
+      reach = steps_to_reach(nfe, values, target)
+      speed_up = (vanilla[-1]['nfe'] / reach['interpolated_steps']) if reach['interpolated_steps'] else None
+      summary[metric][method] = {**{k.replace('steps', 'nfe'): v for k, v in reach.items()},
+                                 'speed_up_vs_vanilla_best': speed_up}
+  return summary
+
+
+def plot(payload: dict, path) -> None:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(12, 3.6), dpi=110)
+  FigureCanvasAgg(fig)
+  for i, metric in enumerate(METRICS):
+    ax = fig.add_subplot(1, len(METRICS), i + 1)
+    for method, entries in payload['results'].items():
+      ax.plot([e['nfe'] for e in entries], [e['metrics'][metric] for e in entries], marker='o', label=method)
+    ax.axhline(payload['floor'][metric], color='grey', ls='--', label='held-out data')
+    ax.set_xscale('log')
+    ax.set_yscale('symlog' if metric == 'kid' else 'log', **({'linthresh': 1e-3} if metric == 'kid' else {}))
+    ax.set_xlabel('score evaluations (NFE)')
+    ax.set_title(metric)
+    ax.grid(True, alpha=0.3)
+  fig.axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(str(path))
+
+
+def report(payload: dict) -> str:
+  rows = []
+  for method, entries in payload['results'].items():
+    for e in entries:
+      rows.append([method, e['n'], e['nfe'], *(e['metrics'][m] for m in METRICS), e['wall_seconds_incl_compile']])
+  rows.append(['held-out data', '-', '-', *(payload['floor'][m] for m in METRICS), '-'])
+  lines = [common.markdown_table(['method', 'N / nodes', 'NFE', *METRICS, 'wall s'], rows), '']
+  reach = []
+  for metric, s in payload['summary'].items():
+    for method in payload['results']:
+      r = s[method]
+      nfe = None if r['interpolated_nfe'] is None else (('<= ' if r['at_most_grid_minimum'] else '') +
+                                                         f'{r["interpolated_nfe"]:.0f}')
+      speed = None if r['speed_up_vs_vanilla_best'] is None else f'{r["speed_up_vs_vanilla_best"]:.1f}x'
+      reach.append([metric, s['target'], method, nfe or 'not reached', speed or '-'])
+  lines.append(common.markdown_table(['metric', 'target (1.05 x vanilla best)', 'method', 'NFE to reach',
+                                      'speed-up'], reach))
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  args = parse_args(argv)
+  common.use_compilation_cache()
+  paths = common.output_paths('default_model_steps', args.out_dir, args.quick)
+  start = time.time()
+  payload = {'benchmark': 'default_model_steps', 'setting': {**vars(args)}, 'environment': common.environment(),
+             **run(args)}
+  payload['summary'] = summarise(payload)
+  payload['total_seconds'] = time.time() - start
+  return common.finish(paths, payload, plot, report)
+
+
+if __name__ == '__main__':
+  main()

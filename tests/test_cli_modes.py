@@ -1,0 +1,97 @@
+"""End-to-end tests of the stats, eval, fit_init and init-aware sample modes of main.py, on a
+folder of the user's own images and on the exact Gaussian reference."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from pds_jax import preconditioning
+from test_cli import _main
+from test_train import TINY_TRAIN
+
+GAUSSIAN_16 = ['--config', str(ROOT / 'configs/gaussian/natural_32.py'), '--config.data.image_size=16',
+               '--config.eval.batch_size=8', '--config.eval.num_samples=16', '--config.sampling.num_chunks=1']
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+  """20 photos of assorted sizes: smooth colour gradients with a stripe, as PNG and JPEG."""
+  folder = tmp_path / 'my_images'
+  (folder / 'sub').mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for i in range(20):
+    h, w = rng.integers(20, 60, size=2)
+    yy, xx = np.mgrid[:h, :w] / max(h, w)
+    img = np.stack([xx, yy, (xx + yy) / 2], -1) * rng.uniform(0.5, 1., 3)
+    img[h // 3: h // 3 + 2] = 1.
+    path = folder / ('sub' if i % 2 else '') / f'img_{i}.{"png" if i % 3 else "jpg"}'
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+  return folder
+
+
+def test_stats_train_on_a_folder_of_own_images(tmp_path, image_folder):
+  folder_args = ['--config.data.dataset=folder', f'--config.data.path={image_folder}']
+  _main(*TINY_TRAIN, *folder_args, '--mode=stats', f'--workdir={tmp_path}')
+  freq, space = tmp_path / 'stats' / 'freq_folder_my_images_8.npy', tmp_path / 'stats' / 'space_folder_my_images_8.npy'
+  assert np.load(freq).shape == (3, 8, 8) and (tmp_path / 'stats' / 'freq_folder_my_images_8.png').is_file()
+  precond = preconditioning.load(str(freq), str(space), alpha=5., shape=(8, 8, 3))
+  assert precond.condition_number() > 1.
+  _main(*TINY_TRAIN, *folder_args, '--mode=train', f'--workdir={tmp_path}', '--config.training.n_iters=2',
+        '--config.training.snapshot_freq=2')
+  assert (tmp_path / 'checkpoints' / 'checkpoint_1').is_file()
+
+
+def test_stats_on_an_empty_folder_names_it(tmp_path):
+  (tmp_path / 'empty').mkdir()
+  proc = _main(*TINY_TRAIN, '--config.data.dataset=folder', f'--config.data.path={tmp_path / "empty"}',
+               '--mode=stats', f'--workdir={tmp_path}', check=False)
+  assert proc.returncode == 2 and str(tmp_path / 'empty') in proc.stderr
+
+
+def test_eval_scores_several_runs_and_plots_metric_vs_steps(tmp_path):
+  for k in (100, 25):
+    _main(*GAUSSIAN_16, '--mode=sample', f'--workdir={tmp_path}', f'--speed_up={k}', f'--eval_folder=run_{k}')
+  _main(*GAUSSIAN_16, '--mode=eval', f'--workdir={tmp_path}', '--config.eval.kid_subsets=10',
+        f'--sample_dirs={tmp_path / "run_100"},{tmp_path / "run_25"}')
+  metrics = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+  few, many = (metrics[str(tmp_path / f'run_{k}')] for k in (100, 25))
+  assert few['settings']['num_steps'] == 20 and many['settings']['num_steps'] == 80
+  for run in (few, many):
+    assert set(run['metrics']) >= {'swd', 'fd_features', 'kid', 'exact_gaussian'}
+    assert run['metrics']['num_samples'] == 16
+  # more steps are closer to the exact target on the exact metric
+  assert many['metrics']['exact_gaussian']['frechet_distance'] < few['metrics']['exact_gaussian']['frechet_distance']
+  for name in ('swd_avg', 'fd_features', 'kid'):
+    assert (tmp_path / 'eval' / f'{name}_vs_steps.png').stat().st_size > 1000
+
+
+def test_eval_refuses_a_folder_without_samples(tmp_path):
+  proc = _main(*GAUSSIAN_16, '--mode=eval', f'--workdir={tmp_path}', f'--sample_dirs={tmp_path}', check=False)
+  assert proc.returncode == 2 and 'report.json' in proc.stderr
+
+
+def test_fit_init_then_init_aware_sampling_with_pds(tmp_path):
+  out = _main(*GAUSSIAN_16, '--mode=fit_init', f'--workdir={tmp_path}', '--config.init_aware.num_images=300').stdout
+  manifest = json.loads((tmp_path / 'init' / 'init.json').read_text())
+  assert manifest['init'] == 'spectral_gaussian' and manifest['shape'] == [16, 16, 3]
+  # the spectral init is the exact p_T of Gaussian data: far better than N(0, σ_T² I) on held-out data
+  assert manifest['spectral_gaussian']['val_nll_per_dim'] < manifest['gaussian_baseline']['val_nll_per_dim'] - 1.
+  assert 'validation NLL' in out
+  _main(*GAUSSIAN_16, '--mode=compare', f'--workdir={tmp_path}', '--config.sampling.method=init_aware',
+        '--config.sampling.init_nodes=10')
+  report = json.loads((tmp_path / 'compare' / 'report.json').read_text())
+  assert report['pds']['settings']['preconditioned'] and report['vanilla']['settings']['init'] == 'spectral_gaussian'
+  assert report['vanilla']['nfe_per_sample'] == 19  # 9 Heun steps + the last Euler step to σ = 0
+  floor = report['noise_floor']['frechet_distance']
+  assert report['vanilla']['metrics']['frechet_distance'] < 10 * floor + 1.
+
+
+def test_init_aware_errors_name_the_problem(tmp_path):
+  proc = _main(*GAUSSIAN_16, '--mode=sample', f'--workdir={tmp_path}', '--config.sampling.method=init_aware',
+               check=False)
+  assert proc.returncode == 2 and 'init.json' in proc.stderr and 'fit_init' in proc.stderr
+  proc = _main(*GAUSSIAN_16, '--mode=fit_init', f'--workdir={tmp_path}', '--config.init_aware.sigma_t=0.001',
+               '--config.init_aware.num_images=20', check=False)
+  assert proc.returncode == 2 and 'sigma_T = 0.001' in proc.stderr
