@@ -347,7 +347,8 @@ def _sample_metrics(config, samples: np.ndarray, reference) -> Dict[str, float]:
 
 
 def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'compare') -> Dict:
-  """Vanilla vs PDS from the same seeds: a side-by-side grid, both metrics and both wall times.
+  """Vanilla vs PDS from the same seeds: a side-by-side grid, both metrics and both wall times
+  (each including its compilation, which costs about the same for any number of steps).
 
   The vanilla run uses sampling.vanilla_speed_up (None: the same steps as PDS), the PDS run
   sampling.speed_up, so `vanilla_speed_up = 1, speed_up = k` sets N steps against N / k.
@@ -357,23 +358,21 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
   runs['pds'] = SamplingRun.build(config, workdir) if config.sampling.vanilla_speed_up is not None else runs['vanilla']
   preconditioned = _masks_for_compare(config)
   folder = _output_folder(workdir, eval_folder)
-  reference = None
+  reference, held_out = None, None
   if config.model.name != GAUSSIAN_REFERENCE:
     from pds_jax import evaluation
     metric_config = ml_collections.ConfigDict(config.to_dict())
     metric_config.eval.kid_subset_size = min(config.eval.kid_subset_size, config.eval.batch_size)
-    reference = evaluation.image_features(_reference_images(config, config.eval.num_reference), metric_config,
-                                          'reference')
+    images, held_out = _reference_images(config, config.eval.num_reference, config.eval.batch_size)
+    reference = evaluation.image_features(images, metric_config, 'reference')
   keys = sampling.sample_keys(config.seed, 0, config.eval.batch_size)
   results, grids = {}, []
   for name, precond in (('vanilla', Preconditioner()), ('pds', preconditioned)):
     run = runs[name]
-    sampler = run.sampler(precond)
-    draw(sampler, keys[:run.shape[0]], run.score_fn)  # compile and warm up: the wall time below is sampling only
-    samples, nfe, seconds = draw(sampler, keys, run.score_fn)
+    samples, nfe, seconds = draw(run.sampler(precond), keys, run.score_fn)
     write_npz(os.path.join(folder, f'samples_{name}.npz'), samples=np.clip(samples * 255., 0, 255).astype(np.uint8),
               samples_float=samples)
-    results[name] = {'settings': run.settings(precond), 'nfe_per_sample': nfe, 'wall_seconds': seconds,
+    results[name] = {'settings': run.settings(precond), 'nfe_per_sample': nfe, 'wall_seconds_incl_compile': seconds,
                      'metrics': _sample_metrics(config, np.clip(samples, 0., 1.), reference)}
     grids.append(image_grid(samples[:36], nrow=6))
     print(f'{name:8s} steps={results[name]["settings"]["num_steps"]:5d} nfe={nfe:5d} '
@@ -384,8 +383,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
     reference_model = gaussian_reference(config)
     floor = gaussian.metrics(reference_model.sample(jax.random.PRNGKey(config.seed + 2), config.eval.batch_size),
                              reference_model)
-  else:  # the same metrics of as many held-out data images
-    held_out = np.concatenate(list(datasets.iterate_images(config, 'eval', config.eval.batch_size, seed=config.seed)))
+  else:  # the same metrics of as many data images that are not in the reference set
     floor = _sample_metrics(config, held_out, reference)
   results['noise_floor'] = floor
   print('data images (noise floor of the metrics): ' + ' '.join(f'{k}={v:.4g}' for k, v in floor.items()))
@@ -442,13 +440,30 @@ def _load_sample_folder(folder: str) -> Tuple[np.ndarray, Dict]:
   return np.concatenate(samples)[:report['num_samples']], report
 
 
-def _reference_images(config, count: int) -> np.ndarray:
-  """`count` reference images in [0, 1]: exact draws for the Gaussian reference, else the dataset."""
+def _reference_images(config, count: int, held_out: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+  """(`count` reference images, `held_out` other ones) in [0, 1], disjoint draws of one distribution:
+  exact draws for the Gaussian reference, else one seeded permutation of eval.reference_split."""
   if config.model.name == GAUSSIAN_REFERENCE:
-    draws = gaussian_reference(config).sample(jax.random.PRNGKey(config.seed + 3), count)
-    return np.clip(np.asarray(draws), 0., 1.)
-  return np.concatenate(list(datasets.iterate_images(config, config.eval.reference_split, count,
-                                                     seed=config.seed)))
+    draws = np.clip(np.asarray(gaussian_reference(config).sample(jax.random.PRNGKey(config.seed + 3),
+                                                                 count + held_out)), 0., 1.)
+    return draws[:count], draws[count:]
+  train, evaluation_split = datasets.get_sources(config)
+  sources = {'train': [train], 'eval': [evaluation_split],
+             'all': [train] if evaluation_split is train else [train, evaluation_split]}[config.eval.reference_split]
+  sizes = np.cumsum([0] + [len(s) for s in sources])
+  order = np.random.default_rng(config.seed).permutation(sizes[-1])
+  if count + held_out > len(order):
+    count = len(order) - held_out
+    if count < 1:
+      raise ValueError(f'the {config.eval.reference_split} split has {len(order)} images; {held_out} held out '
+                       'leave none for the reference.')
+
+  def read(indices):
+    parts = [s.read(np.sort(indices[(indices >= a) & (indices < b)]) - a)[0] for s, a, b in
+             zip(sources, sizes[:-1], sizes[1:]) if np.any((indices >= a) & (indices < b))]
+    return datasets.to_channels(np.concatenate(parts), config.data.num_channels)
+
+  return read(order[:count]), (read(order[count:count + held_out]) if held_out else np.zeros((0,)))
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Optional[Sequence[str]] = None,
@@ -468,7 +483,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Op
   metric_config = ml_collections.ConfigDict(config.to_dict())
   metric_config.eval.kid_subset_size = min(config.eval.kid_subset_size, num_reference,
                                            min(len(s) for s, _ in loaded))
-  reference = evaluation.image_features(_reference_images(config, num_reference), metric_config, 'reference')
+  reference = evaluation.image_features(_reference_images(config, num_reference)[0], metric_config, 'reference')
   results = {}
   for folder, (samples, report) in zip(sample_folders, loaded):
     metrics = evaluation.evaluate_samples(samples, reference, metric_config)

@@ -9,7 +9,7 @@ on the bundled 32×32 natural-image patches. Samplers, all from the same per-sam
   init_pds_s<σ_T>  the same with the PDS masks on the Heun updates
 Metrics against 2000 training patches (pds_jax.evaluation): multi-scale SWD (×10³, average of the
 levels), Fréchet distance and KID on the fixed statistics features; the noise floor is the same
-metrics of as many held-out patches (the 'chelsea' photo, never trained on). The speed-up at equal
+metrics of as many other training patches (disjoint from the reference). The speed-up at equal
 quality is read off per metric with benchmarks.quality_vs_steps.steps_to_reach (target: 1.05 ×
 vanilla's value at its largest N), counting score evaluations (NFE).
 
@@ -31,7 +31,7 @@ import run_lib
 from benchmarks import common
 from benchmarks.quality_vs_steps import steps_to_reach
 from configs.default_model import get_config
-from pds_jax import datasets, evaluation, sampling
+from pds_jax import evaluation, sampling
 from pds_jax.preconditioning import Preconditioner
 
 METRICS = ('swd_avg', 'fd_features', 'kid')
@@ -88,13 +88,12 @@ def _metrics(config, samples: np.ndarray, reference) -> Dict[str, float]:
 def run(args) -> dict:
   base = get_config()
   base.eval.batch_size = args.batch_size
-  reference_images = run_lib._reference_images(base, args.num_reference)
+  reference_images, held_out = run_lib._reference_images(base, args.num_reference, args.num_samples)
   metric_config = ml_collections.ConfigDict(base.to_dict())
   metric_config.eval.kid_subset_size = min(args.num_samples, 1000)
   reference = evaluation.image_features(reference_images, metric_config, 'reference')
-  held_out = np.concatenate(list(datasets.iterate_images(base, 'eval', args.num_samples, seed=1)))
   floor = _metrics(base, held_out, reference)
-  print('noise floor (held-out patches):', floor)
+  print('noise floor (training patches not in the reference):', floor)
   results = {}
   families = {'vanilla': _ints(args.steps), 'pds': _ints(args.steps)}
   init_dirs = {}
@@ -152,7 +151,7 @@ def plot(payload: dict, path) -> None:
     ax = fig.add_subplot(1, len(METRICS), i + 1)
     for method, entries in payload['results'].items():
       ax.plot([e['nfe'] for e in entries], [e['metrics'][metric] for e in entries], marker='o', label=method)
-    ax.axhline(payload['floor'][metric], color='grey', ls='--', label='held-out data')
+    ax.axhline(payload['floor'][metric], color='grey', ls='--', label='data (noise floor)')
     ax.set_xscale('log')
     ax.set_yscale('symlog' if metric == 'kid' else 'log', **({'linthresh': 1e-3} if metric == 'kid' else {}))
     ax.set_xlabel('score evaluations (NFE)')
@@ -168,7 +167,7 @@ def report(payload: dict) -> str:
   for method, entries in payload['results'].items():
     for e in entries:
       rows.append([method, e['n'], e['nfe'], *(e['metrics'][m] for m in METRICS), e['wall_seconds_incl_compile']])
-  rows.append(['held-out data', '-', '-', *(payload['floor'][m] for m in METRICS), '-'])
+  rows.append(['data (noise floor)', '-', '-', *(payload['floor'][m] for m in METRICS), '-'])
   lines = [common.markdown_table(['method', 'N / nodes', 'NFE', *METRICS, 'wall s'], rows), '']
   reach = []
   for metric, s in payload['summary'].items():
