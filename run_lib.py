@@ -772,5 +772,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict:
         write_png(os.path.join(folder, 'sample.png'), image_grid(samples))
         write_npz(os.path.join(folder, 'sample.npz'), sample=np.round(samples * 255.).astype(np.uint8))
   bar.close()
+  summary.update(final_step=initial_step + steps_done, seconds=time.perf_counter() - start)
   write_json(os.path.join(workdir, 'train_summary.json'), summary)
   return summary
