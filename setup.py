@@ -12,7 +12,7 @@ setup(
     python_requires='>=3.11,<3.12',
     packages=find_packages(include=['pds_jax', 'pds_jax.*', 'configs', 'configs.*']),
     py_modules=['main', 'run_lib'],
-    package_data={'pds_jax': ['assets/*/*', 'assets/*/checkpoints/*']},
+    package_data={'pds_jax': ['assets/*/*', 'assets/*/checkpoints/*', 'assets/*/init/*']},
     install_requires=[
         'jax==0.10.2',
         'jaxlib==0.10.2',
