@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import pathlib
 import platform
 import statistics
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -140,6 +141,52 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(fmt(v) for v in row) + ' |' for row in rows]
   return '\n'.join(lines)
+
+
+def int_list(text: str) -> List[int]:
+  """Sorted distinct integers of a comma-separated string ('10,20,50')."""
+  return sorted({int(v) for v in text.split(',') if v.strip()})
+
+
+def float_list(text: str) -> List[float]:
+  """Sorted distinct floats of a comma-separated string ('1,3.5')."""
+  return sorted({float(v) for v in text.split(',') if v.strip()})
+
+
+def first_reach(nfe: Sequence[float], values: Sequence[float], target: float) -> Optional[float]:
+  """The NFE at which a metric first gets to <= `target` along a grid of increasing NFE; None if never.
+
+  The first grid point at or below the target, interpolated on the straight line in (log NFE,
+  log metric) from the previous grid point; values are floored at 1e-12 (KID can be negative).
+  """
+  values = [max(v, 1e-12) for v in values]
+  for j, value in enumerate(values):
+    if value <= target:
+      if j == 0:
+        return float(nfe[0])
+      (n0, v0), (n1, v1) = (nfe[j - 1], values[j - 1]), (nfe[j], value)
+      slope = (math.log(n1) - math.log(n0)) / (math.log(v1) - math.log(v0))
+      return math.exp(math.log(n0) + (math.log(target) - math.log(v0)) * slope)
+  return None
+
+
+def reach_summary(results: Dict[str, List[dict]], baseline: str, metric: str, tolerance: float = 1.05) -> dict:
+  """NFE each method needs to match the baseline's best value of `metric` (within `tolerance` x).
+
+  results: method -> entries {'nfe', 'metrics': {metric: value}} in increasing NFE. Returns
+  {'target', 'baseline_best_nfe', 'baseline_best_value', method: {'nfe_to_reach',
+  'at_most_grid_minimum', 'speed_up'}} with speed_up = baseline NFE to reach / the method's.
+  """
+  series = lambda entries: ([e['nfe'] for e in entries], [e['metrics'][metric] for e in entries])
+  best = min(results[baseline], key=lambda e: e['metrics'][metric])
+  target = tolerance * max(best['metrics'][metric], 1e-12)
+  baseline_nfe = first_reach(*series(results[baseline]), target)
+  summary = {'target': target, 'baseline_best_nfe': best['nfe'], 'baseline_best_value': best['metrics'][metric]}
+  for method, entries in results.items():
+    nfe = first_reach(*series(entries), target)
+    summary[method] = {'nfe_to_reach': nfe, 'at_most_grid_minimum': nfe == entries[0]['nfe'],
+                       'speed_up': baseline_nfe / nfe if nfe else None}
+  return summary
 
 
 def output_paths(name: str, out_dir: Optional[str], quick: bool) -> Dict[str, pathlib.Path]:

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -64,14 +62,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   return args
 
 
-def _ints(text: str) -> List[int]:
-  return sorted({int(v) for v in text.split(',') if v.strip()})
-
-
-def _floats(text: str) -> List[float]:
-  return sorted({float(v) for v in text.split(',') if v.strip()})
-
-
 def _config(args, method: str, n: int, init_dirs: Dict[str, str]) -> ml_collections.ConfigDict:
   config = get_config()
   config.eval.batch_size = args.batch_size
@@ -103,14 +93,14 @@ def run(args) -> dict:
   floor = _metrics(base, held_out, reference)
   print('noise floor (training patches not in the reference):', floor)
   results = {}
-  families = {'vanilla': _ints(args.steps), 'pds': _ints(args.steps)}
+  families = {'vanilla': common.int_list(args.steps), 'pds': common.int_list(args.steps)}
   init_dirs = {}
-  for sigma_t in _floats(args.sigma_t):  # the closed-form spectral init of the training patches at each σ_T
+  for sigma_t in common.float_list(args.sigma_t):  # the closed-form spectral init of the training patches at each σ_T
     config = get_config()
     config.init_aware.sigma_t = sigma_t
     config.sampling.init_path = init_dirs[f'{sigma_t:g}'] = tempfile.mkdtemp(prefix=f'init_{sigma_t:g}_')
     run_lib.fit_init(config, config.sampling.init_path)
-    families[f'init_s{sigma_t:g}'] = families[f'init_pds_s{sigma_t:g}'] = _ints(args.init_nodes)
+    families[f'init_s{sigma_t:g}'] = families[f'init_pds_s{sigma_t:g}'] = common.int_list(args.init_nodes)
   for method, grid in families.items():
     for n in grid:
       config = _config(args, method, n, init_dirs)
@@ -132,19 +122,6 @@ def run(args) -> dict:
   return {'floor': floor, 'results': results}
 
 
-def first_reach(nfe: Sequence[int], values: Sequence[float], target: float) -> Optional[float]:
-  """The NFE at which a metric first gets to `target` (see RULE); None when it never does."""
-  values = [max(v, 1e-12) for v in values]  # KID can be slightly negative
-  for j, value in enumerate(values):
-    if value <= target:
-      if j == 0:
-        return float(nfe[0])
-      (n0, v0), (n1, v1) = (nfe[j - 1], values[j - 1]), (nfe[j], value)
-      slope = (math.log(n1) - math.log(n0)) / (math.log(v1) - math.log(v0))
-      return math.exp(math.log(n0) + (math.log(target) - math.log(v0)) * slope)
-  return None
-
-
 def summarise(payload: dict) -> dict:
   """Per metric: the NFE each method needs to reach 1.05 × vanilla's best value (see RULE)."""
   results = payload['results']
@@ -153,16 +130,16 @@ def summarise(payload: dict) -> dict:
     vanilla = results['vanilla']
     best = min(vanilla, key=lambda e: e['metrics'][metric])
     target = TOLERANCE * max(best['metrics'][metric], 1e-12)
-    vanilla_nfe = first_reach([e['nfe'] for e in vanilla], [e['metrics'][metric] for e in vanilla], target)
+    vanilla_nfe = common.first_reach([e['nfe'] for e in vanilla], [e['metrics'][metric] for e in vanilla], target)
     summary[metric] = {'target': target, 'vanilla_best_nfe': best['nfe'], 'vanilla_best_value': best['metrics'][metric]}
     for method, entries in results.items():
-      nfe = first_reach([e['nfe'] for e in entries], [e['metrics'][metric] for e in entries], target)
+      nfe = common.first_reach([e['nfe'] for e in entries], [e['metrics'][metric] for e in entries], target)
       summary[metric][method] = {'nfe_to_reach': nfe, 'at_most_grid_minimum': nfe == entries[0]['nfe'],
                                  'speed_up_vs_vanilla': vanilla_nfe / nfe if nfe else None}
       # EQUIVALENT_RULE: the NFE vanilla needs for each of this method's points
       summary[metric][method]['vanilla_equivalent'] = [
           {'nfe': e['nfe'], 'value': e['metrics'][metric],
-           'vanilla_nfe': first_reach([v['nfe'] for v in vanilla], [v['metrics'][metric] for v in vanilla],
+           'vanilla_nfe': common.first_reach([v['nfe'] for v in vanilla], [v['metrics'][metric] for v in vanilla],
                                       max(e['metrics'][metric], 1e-12))} for e in entries]
   summary['equivalent_rule'] = EQUIVALENT_RULE
   return summary

@@ -58,10 +58,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   return args
 
 
-def _ints(text: str) -> List[int]:
-  return sorted({int(v) for v in text.split(',') if v.strip()})
-
-
 def steps_to_reach(steps: Sequence[int], values: Sequence[float], target: float) -> dict:
   """Steps needed for a metric to reach `target` (see RULE); steps ascending, values aligned."""
   below = [v <= target for v in values]
@@ -92,7 +88,7 @@ def run(args: argparse.Namespace, paths: Dict) -> dict:
   sigma_max = round(gaussian.song_ermon_sigma_max(reference), 1)
   freq_stat, _ = common.reference_statistics(reference, 200, seed=args.seed + 1)
   masks = {a: preconditioning.from_statistics(freq_stat, None, alpha=a) for a in (args.alpha, args.extra_alpha)}
-  grid = _ints(args.steps)
+  grid = common.int_list(args.steps)
   payload = {
       'benchmark': 'quality_vs_steps',
       'setting': {
@@ -107,14 +103,14 @@ def run(args: argparse.Namespace, paths: Dict) -> dict:
           'preconditioner': {'masks': 'frequency only', 'alpha': args.alpha,
                              'statistics': 'compute_statistics(clip(200 exact draws, 0, 1)), seed %d' % (args.seed + 1),
                              'extra': {'alpha': args.extra_alpha, 'method': 'pds_official',
-                                       'steps': _ints(args.extra_alpha_steps)}},
+                                       'steps': common.int_list(args.extra_alpha_steps)}},
           'seed': args.seed, 'rng': 'the same sampler key for every method and N (common random numbers)',
           'quick': args.quick},
       'environment': common.environment(),
   }
   payload['noise_floor'] = noise_floor(reference, args.num_samples, args.floor_draws, args.seed + 2)
   runs = [(n, name, args.alpha) for n in grid for name in METHODS]
-  runs += [(n, 'pds_official', args.extra_alpha) for n in _ints(args.extra_alpha_steps)]
+  runs += [(n, 'pds_official', args.extra_alpha) for n in common.int_list(args.extra_alpha_steps)]
   results = payload['results'] = []
   rng = jax.random.PRNGKey(args.seed)
   start_all = time.perf_counter()

@@ -189,6 +189,21 @@ def metrics(samples, reference: GaussianReference) -> dict:
   return MomentAccumulator().add(samples).metrics(reference)
 
 
+def kl_divergence(p: GaussianReference, q: GaussianReference) -> float:
+  """KL(p ‖ q) in closed form for two stationary Gaussians (both diagonal in the Fourier basis U).
+
+    KL = ½ Σ_k [λ_p / λ_q - 1 - log(λ_p / λ_q) + |U(μ_p - μ_q)|²_k / λ_q]   (float64)
+  """
+  if p.shape != q.shape:
+    raise ValueError(f'kl_divergence: shapes {p.shape} and {q.shape} differ.')
+  lam_p, lam_q = np.asarray(p.spectrum, np.float64), np.asarray(q.spectrum, np.float64)
+  h, w = p.shape[:2]
+  delta = np.asarray(p.mean, np.float64) - np.asarray(q.mean, np.float64)
+  mean_term = np.abs(np.fft.fft2(delta, axes=(0, 1))) ** 2 / (h * w)
+  ratio = lam_p / lam_q
+  return float(0.5 * np.sum(ratio - 1 - np.log(ratio) + mean_term / lam_q))
+
+
 def radial_profile(values: np.ndarray, shape: Shape, bins: int = 16) -> Tuple[np.ndarray, np.ndarray]:
   """Mean of an (H, W, C) per-frequency array over rings of |k|: (bin centres, means)."""
   r = frequency_radius(shape).ravel()

@@ -77,3 +77,16 @@ def test_song_ermon_sigma_max_is_the_largest_pairwise_distance():
   x = np.asarray(ref.sample(jax.random.PRNGKey(0), 50), np.float64).reshape(50, -1)
   brute = max(np.linalg.norm(a - b) for a in x for b in x)
   assert gaussian.song_ermon_sigma_max(ref, n=50) == pytest.approx(brute, rel=1e-6)
+
+
+def test_kl_divergence_matches_monte_carlo_and_vanishes_on_itself():
+  from pds_jax.init_aware import inits, metrics as toy_metrics
+  p = gaussian.GaussianReference.power_law((8, 8, 3))
+  q = gaussian.GaussianReference(mean=p.mean + 0.1, spectrum=p.spectrum * 1.5 + 0.01)
+  assert gaussian.kl_divergence(p, p) == pytest.approx(0., abs=1e-9)
+  x = p.sample(jax.random.PRNGKey(0), 20000)
+  log_p, log_q = inits.SpectralGaussianInit(p).log_prob, inits.SpectralGaussianInit(q).log_prob
+  mc, err = toy_metrics.kl_monte_carlo(log_p, log_q, x)
+  assert gaussian.kl_divergence(p, q) == pytest.approx(mc, abs=4 * err + 1e-3)
+  with pytest.raises(ValueError, match='shapes'):
+    gaussian.kl_divergence(p, gaussian.GaussianReference.power_law((4, 4, 3)))

@@ -1,6 +1,8 @@
 """Initialization-aware sampling (Fassina, Cardoso, Le Corff, Romary): stop the VE forward process
 at σ_T, draw x_T from a learned or closed-form q_T ≈ p_T, and run a short sampler to σ_min.
 
-Modules: `sigma_t` and `dip` (choosing σ_T), `inits` (q_T), `edm` (the samplers after the init),
-`toys` (targets with exact noised densities), `metrics` (sliced Wasserstein, KL, tail quantiles).
+Modules: `sigma_t` and `dip` (choosing σ_T), `inits` (q_T), `flows`, `tarflow` and `flow_training`
+(the learned q_T), `edm` (the samplers after the init), `sampler` (sampling.method = 'init_aware'),
+`toys` (targets with exact noised densities), `toy_score` (a learned score for toys without one),
+`metrics` (sliced Wasserstein, KL, tail quantiles).
 """
