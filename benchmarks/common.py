@@ -189,6 +189,14 @@ def reach_summary(results: Dict[str, List[dict]], baseline: str, metric: str, to
   return summary
 
 
+def reach_cell(entry: dict) -> str:
+  """A `reach_summary` method entry as a table cell: '<NFE> (<speed-up>x)', '<= ' at the grid minimum."""
+  if entry['nfe_to_reach'] is None:
+    return 'not reached'
+  cell = ('<= ' if entry['at_most_grid_minimum'] else '') + f'{entry["nfe_to_reach"]:.1f}'
+  return cell + ('' if entry['speed_up'] is None else f' ({entry["speed_up"]:.1f}x)')
+
+
 def output_paths(name: str, out_dir: Optional[str], quick: bool) -> Dict[str, pathlib.Path]:
   """results/<name>.json and .png (<name>_quick.* for the smoke setting, never overwriting a full run)."""
   directory = pathlib.Path(out_dir) if out_dir else RESULTS_DIR

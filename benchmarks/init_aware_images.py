@@ -196,13 +196,7 @@ def report(payload: dict) -> str:
            common.markdown_table(['method', 'KL(p_T ‖ q_T)', *(f'NFE {n}' for n in nfe_sets)], rows), '']
   reach = []
   for method in results:
-    cells = []
-    for baseline in BASELINES:
-      r = payload['summary'][baseline]['frechet_distance'][method]
-      nfe = 'not reached' if r['nfe_to_reach'] is None else (
-          ('<= ' if r['at_most_grid_minimum'] else '') + f'{r["nfe_to_reach"]:.1f}')
-      cells.append(nfe + ('' if r['speed_up'] is None else f' ({r["speed_up"]:.1f}x)'))
-    reach.append([method, *cells])
+    reach.append([method, *(common.reach_cell(payload['summary'][b]['frechet_distance'][method]) for b in BASELINES)])
   header = [f'NFE to match {b} FD (speed-up vs it)' for b in BASELINES]
   lines.append(common.markdown_table(['method', *header], reach))
   return '\n'.join(lines)

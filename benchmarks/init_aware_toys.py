@@ -195,6 +195,7 @@ def summarise(payload: dict) -> dict:
 def plot(payload: dict, path) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+  from matplotlib.ticker import NullFormatter
   targets = payload['targets']
   fig = Figure(figsize=(9, 3.2 * len(targets)), dpi=100)
   FigureCanvasAgg(fig)
@@ -206,6 +207,9 @@ def plot(payload: dict, path) -> None:
       ax.axhline(t['floor'][metric], color='grey', ls='--', label='exact draws (floor)')
       ax.set_xscale('log')
       ax.set_yscale('log')
+      nfe = [e['nfe'] for e in t['results']['classic']]
+      ax.set_xticks(nfe, [str(n) for n in nfe])
+      ax.xaxis.set_minor_formatter(NullFormatter())
       ax.set_title(f'{name} (σ_T = {t["sigma_t"]:g}): {metric}', fontsize=9)
       ax.set_xlabel('NFE')
       ax.grid(True, alpha=0.3)
@@ -228,14 +232,7 @@ def report(payload: dict) -> str:
   reach = []
   for name, per_metric in payload['summary'].items():
     for method in METHODS:
-      cells = []
-      for metric in METRICS:
-        r = per_metric[metric][method]
-        nfe = 'not reached' if r['nfe_to_reach'] is None else (
-            ('<= ' if r['at_most_grid_minimum'] else '') + f'{r["nfe_to_reach"]:.1f}')
-        speed = '' if r['speed_up'] is None else f' ({r["speed_up"]:.1f}x)'
-        cells.append(nfe + speed)
-      reach.append([name, method, *cells])
+      reach.append([name, method, *(common.reach_cell(per_metric[metric][method]) for metric in METRICS)])
   lines.append(common.markdown_table(['target', 'init', *(f'NFE to match classic {m} (speed-up)' for m in METRICS)],
                                      reach))
   return '\n'.join(lines)
