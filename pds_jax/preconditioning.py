@@ -183,7 +183,7 @@ def read_statistic(path: str, shape: Optional[Shape] = None) -> np.ndarray:
 
 def load(freq_mask_path: Optional[str] = None, space_mask_path: Optional[str] = None,
          alpha: float = 5., shape: Optional[Shape] = None) -> Preconditioner:
-  """The PDS preconditioner from official `.npy` statistic files (None = identity for that part).
+  """The PDS preconditioner from official `.npy` statistic files (None or '' = identity for that part).
 
   Args:
     freq_mask_path, space_mask_path: files written by the official `mask_gen_demo.py` or by
@@ -191,7 +191,7 @@ def load(freq_mask_path: Optional[str] = None, space_mask_path: Optional[str] = 
     alpha: α ≥ 1 (official default 5).
     shape: the model's image shape (H, W, C); a file of another size is rejected.
   """
-  stats = [None if p is None else read_statistic(p, shape) for p in (freq_mask_path, space_mask_path)]
+  stats = [read_statistic(p, shape) if p else None for p in (freq_mask_path, space_mask_path)]
   return from_statistics(stats[0], stats[1], alpha, shape, names=(str(freq_mask_path), str(space_mask_path)))
 
 

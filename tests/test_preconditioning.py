@@ -77,6 +77,10 @@ def test_identity_does_nothing_at_all():
   x = jnp.asarray(np.random.RandomState(0).randn(2, 4, 4, 3), jnp.float32)
   precond = Preconditioner()
   assert precond.apply(x) is x and precond.apply_mmt(x) is x
+  # no paths, or empty ones (`--config.sampling.freq_mask_path=` on the command line), load the identity
+  for paths in ((None, None), ('', '')):
+    loaded = pc.load(*paths, shape=(4, 4, 3))
+    assert loaded.freq_mask is None and loaded.space_mask is None and loaded.apply(x) is x
 
 
 def test_mmt_is_m_times_m_transpose():
