@@ -209,6 +209,27 @@ def write_json(path: pathlib.Path, payload: dict) -> None:
   atomic_write(str(path), lambda f: f.write((json.dumps(payload, indent=2) + '\n').encode()))
 
 
+def main(name: str, args, run: Callable[[object], dict], summarise: Callable[[dict], dict], plot: Callable,
+         report: Callable) -> dict:
+  """A benchmark's run: compilation cache, `run(args)` (or, with `args.replot`, the results JSON
+  re-read), `summarise`, then the JSON, the PNG and the printed tables (`finish`).
+
+  The payload is {'benchmark', 'setting' (the args), 'environment', **run(args), 'summary',
+  'total_seconds'}; `args` needs `quick`, `out_dir` and `replot`.
+  """
+  use_compilation_cache()
+  paths = output_paths(name, args.out_dir, args.quick)
+  if args.replot:
+    payload = json.loads(paths['json'].read_text())
+    payload['summary'] = summarise(payload)
+    return finish(paths, payload, plot, report)
+  start = time.time()
+  payload = {'benchmark': name, 'setting': {**vars(args)}, 'environment': environment(), **run(args)}
+  payload['summary'] = summarise(payload)
+  payload['total_seconds'] = time.time() - start
+  return finish(paths, payload, plot, report)
+
+
 def finish(paths: Dict[str, pathlib.Path], payload: dict, plot: Callable, report: Callable,
            write: bool = True) -> dict:
   """Writes the JSON (unless already written) and the PNG, prints the tables, returns the payload."""

@@ -19,9 +19,7 @@ vanilla's best value over its grid), counting score evaluations (NFE).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-import time
 from typing import Dict, Optional, Sequence
 
 import ml_collections
@@ -200,19 +198,7 @@ def report(payload: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-  args = parse_args(argv)
-  common.use_compilation_cache()
-  paths = common.output_paths('default_model_steps', args.out_dir, args.quick)
-  if args.replot:
-    payload = json.loads(paths['json'].read_text())
-    payload['summary'] = summarise(payload)
-    return common.finish(paths, payload, plot, report)
-  start = time.time()
-  payload = {'benchmark': 'default_model_steps', 'setting': {**vars(args)}, 'environment': common.environment(),
-             **run(args)}
-  payload['summary'] = summarise(payload)
-  payload['total_seconds'] = time.time() - start
-  return common.finish(paths, payload, plot, report)
+  return common.main('default_model_steps', parse_args(argv), run, summarise, plot, report)
 
 
 if __name__ == '__main__':

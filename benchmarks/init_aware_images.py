@@ -35,7 +35,6 @@ the first NFE at which a method gets within 1.05 × of the baseline's best FD ov
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Dict, Optional, Sequence
 
@@ -203,19 +202,7 @@ def report(payload: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-  args = parse_args(argv)
-  common.use_compilation_cache()
-  paths = common.output_paths('init_aware_images', args.out_dir, args.quick)
-  if args.replot:
-    payload = json.loads(paths['json'].read_text())
-    payload['summary'] = summarise(payload)
-    return common.finish(paths, payload, plot, report)
-  start = time.time()
-  payload = {'benchmark': 'init_aware_images', 'setting': {**vars(args)}, 'environment': common.environment(),
-             **run(args)}
-  payload['summary'] = summarise(payload)
-  payload['total_seconds'] = time.time() - start
-  return common.finish(paths, payload, plot, report)
+  return common.main('init_aware_images', parse_args(argv), run, summarise, plot, report)
 
 
 if __name__ == '__main__':

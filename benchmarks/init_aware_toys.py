@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
 from typing import Dict, Optional, Sequence
 
@@ -186,6 +185,10 @@ def run_target(name: str, args) -> dict:
   return {**info, 'floor': floor, 'kl_init': kl, 'results': results}
 
 
+def run(args) -> dict:
+  return {'targets': {name: run_target(name, args) for name in args.targets.split(',')}}
+
+
 def summarise(payload: dict) -> dict:
   """Per target and metric: the NFE each init needs to match classic's best value (1.05 x)."""
   return {name: {metric: common.reach_summary(t['results'], 'classic', metric) for metric in METRICS}
@@ -239,19 +242,7 @@ def report(payload: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-  args = parse_args(argv)
-  common.use_compilation_cache()
-  paths = common.output_paths('init_aware_toys', args.out_dir, args.quick)
-  if args.replot:
-    payload = json.loads(paths['json'].read_text())
-    payload['summary'] = summarise(payload)
-    return common.finish(paths, payload, plot, report)
-  start = time.time()
-  payload = {'benchmark': 'init_aware_toys', 'setting': {**vars(args)}, 'environment': common.environment(),
-             'targets': {name: run_target(name, args) for name in args.targets.split(',')}}
-  payload['summary'] = summarise(payload)
-  payload['total_seconds'] = time.time() - start
-  return common.finish(paths, payload, plot, report)
+  return common.main('init_aware_toys', parse_args(argv), run, summarise, plot, report)
 
 
 if __name__ == '__main__':
