@@ -38,7 +38,7 @@ EQUIVALENT_RULE = ('vanilla_nfe = the NFE at which vanilla first reaches the val
                    'that good in the grid).')
 RULE = ('target = 1.05 x the best (smallest) value of the metric over the vanilla grid; nfe_to_reach = the first '
         'grid NFE of a method whose value is <= target, interpolated on the straight line in (log NFE, log '
-        'metric) from the previous grid point; speed_up_vs_vanilla = vanilla nfe_to_reach / the method\'s.')
+        'metric) from the previous grid point; speed_up = vanilla nfe_to_reach / the method\'s.')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -126,14 +126,8 @@ def summarise(payload: dict) -> dict:
   summary = {'rule': RULE}
   for metric in METRICS:
     vanilla = results['vanilla']
-    best = min(vanilla, key=lambda e: e['metrics'][metric])
-    target = TOLERANCE * max(best['metrics'][metric], 1e-12)
-    vanilla_nfe = common.first_reach([e['nfe'] for e in vanilla], [e['metrics'][metric] for e in vanilla], target)
-    summary[metric] = {'target': target, 'vanilla_best_nfe': best['nfe'], 'vanilla_best_value': best['metrics'][metric]}
+    summary[metric] = common.reach_summary(results, 'vanilla', metric, TOLERANCE)
     for method, entries in results.items():
-      nfe = common.first_reach([e['nfe'] for e in entries], [e['metrics'][metric] for e in entries], target)
-      summary[metric][method] = {'nfe_to_reach': nfe, 'at_most_grid_minimum': nfe == entries[0]['nfe'],
-                                 'speed_up_vs_vanilla': vanilla_nfe / nfe if nfe else None}
       # EQUIVALENT_RULE: the NFE vanilla needs for each of this method's points
       summary[metric][method]['vanilla_equivalent'] = [
           {'nfe': e['nfe'], 'value': e['metrics'][metric],
@@ -177,7 +171,7 @@ def report(payload: dict) -> str:
       r = s[method]
       nfe = None if r['nfe_to_reach'] is None else (('<= ' if r['at_most_grid_minimum'] else '') +
                                                     f'{r["nfe_to_reach"]:.0f}')
-      speed = None if r['speed_up_vs_vanilla'] is None else f'{r["speed_up_vs_vanilla"]:.1f}x'
+      speed = None if r['speed_up'] is None else f'{r["speed_up"]:.1f}x'
       reach.append([metric, s['target'], method, nfe or 'not reached', speed or '-'])
   lines.append(common.markdown_table(['metric', 'target (1.05 x vanilla best)', 'method', 'NFE to reach',
                                       'speed-up vs vanilla'], reach))
