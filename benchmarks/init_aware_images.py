@@ -101,6 +101,8 @@ def run(args) -> dict:
   pc_sde = sde_lib.VESDE(common.SIGMA_MIN, sigma_max, 1000)
   families: Dict[str, dict] = {}
   classic = inits.IsotropicGaussianInit.create(sigma_max, shape)
+  short_inits = {(name, sigma_t): _init(name, train, sigma_t, shape)
+                 for sigma_t in common.float_list(args.sigma_t) for name in INITS}
   for suffix, precond in (('', None), ('+pds', pds)):
     families['classic' + suffix] = dict(sampler='heun', init=classic, sigma=sigma_max, rho=RHO_CLASSIC,
                                         grid=common.int_list(args.classic_nodes), precond=precond)
@@ -109,10 +111,10 @@ def run(args) -> dict:
     for sigma_t in common.float_list(args.sigma_t):
       for name in INITS:
         families[f'{name}_s{sigma_t:g}{suffix}'] = dict(
-            sampler='heun', init=_init(name, train, sigma_t, shape), sigma=sigma_t, rho=RHO_SHORT,
+            sampler='heun', init=short_inits[name, sigma_t], sigma=sigma_t, rho=RHO_SHORT,
             grid=common.int_list(args.short_nodes), precond=precond)
       families[f'spectral_s{sigma_t:g}_pc{suffix}'] = dict(
-          sampler='pc', init=families[f'spectral_s{sigma_t:g}{suffix}']['init'], sigma=sigma_t,
+          sampler='pc', init=short_inits['spectral', sigma_t], sigma=sigma_t,
           grid=common.int_list(args.short_pc_steps), precond=precond)
   results, kl = {}, {}
   for method, f in families.items():
