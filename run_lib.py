@@ -7,7 +7,6 @@ atomically (temp file + rename), so an interrupted run never leaves a half-writt
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -25,7 +24,6 @@ from pds_jax.preconditioning import Preconditioner
 
 GAUSSIAN_REFERENCE = 'gaussian_reference'
 MODES = ('train', 'sample', 'compare', 'convert', 'stats', 'eval', 'fit_init')
-SAMPLING_METHODS = ('pc', 'init_aware')
 
 
 # ----------------------------------------------------------------------------- files
@@ -82,16 +80,11 @@ def gaussian_reference(config) -> gaussian.GaussianReference:
 
 
 def validate_sampling_config(config) -> None:
-  """Checks the sampling fields before any compute starts; raises ValueError naming the field."""
+  """Checks the sampling fields before any compute starts; raises ValueError naming the field.
+
+  The method's own fields are checked when `sampling.get_sampling_fn` builds it (also before compute).
+  """
   s = config.sampling
-  if s.method.lower() not in SAMPLING_METHODS:
-    raise ValueError(f'config.sampling.method = {s.method!r}; choose one of {SAMPLING_METHODS}.')
-  if s.method.lower() == 'init_aware':
-    from pds_jax.init_aware import sampler as init_sampler
-    if s.init not in init_sampler.INITS:
-      raise ValueError(f'config.sampling.init = {s.init!r}; choose one of {init_sampler.INITS}.')
-    if s.init_sampler not in init_sampler.INIT_SAMPLERS:
-      raise ValueError(f'config.sampling.init_sampler = {s.init_sampler!r}; choose one of {init_sampler.INIT_SAMPLERS}.')
   sampling.get_predictor(s.predictor.lower())
   sampling.get_corrector(s.corrector.lower())
   if s.pds_variant not in sampling.PDS_VARIANTS:
@@ -122,8 +115,9 @@ def get_score_fn(config, workdir: Optional[str], sde: sde_lib.SDE):
 
   Returns (score_fn, description dict for the report).
   """
-  if config.model.name == GAUSSIAN_REFERENCE:
-    return gaussian_reference(config).score_fn(sde), {'model': GAUSSIAN_REFERENCE}
+  if config.model.name == GAUSSIAN_REFERENCE:  # the exact score of the data law in the model's range
+    scale, shift = (2., -1.) if config.data.centered else (1., 0.)  # datasets.get_data_scaler
+    return gaussian_reference(config).affine(scale, shift).score_fn(sde), {'model': GAUSSIAN_REFERENCE}
   from pds_jax import checkpoints
   from pds_jax.models import utils as mutils
   source = config.eval.checkpoint_path or workdir
@@ -155,44 +149,20 @@ class SamplingRun:
     # The score function keeps the training SDE (N = num_scales): discrete models' labels depend on it.
     score_fn, info = get_score_fn(config, workdir, sde)
     shape = (config.eval.batch_size,) + image_shape(config)
-    run = cls(config, sde, eps, score_fn, info, shape, workdir)
-    if run.init_aware:
-      run.init_and_sigma_t()  # a missing or mismatching init fails before any sampling
-    return run
+    return cls(config, sde, eps, score_fn, info, shape, workdir)
 
-  @property
-  def init_aware(self) -> bool:
-    return self.config.sampling.method.lower() == 'init_aware'
+  def sampler(self, preconditioner: Preconditioner) -> sampling.SamplingFn:
+    """The configured method (`sampling.get_sampling_fn`); any invalid setting fails here, before compute."""
+    return sampling.get_sampling_fn(self.config, self.sde, self.shape, datasets.get_data_inverse_scaler(self.config),
+                                    self.eps, preconditioner, workdir=self.workdir,
+                                    **parallel_lib.sampler_devices(self.config.eval.parallel))
 
-  def init_and_sigma_t(self):
-    """(q_T, σ_T) of the fit_init folder (`init_aware.sampler.load_init`)."""
-    from pds_jax.init_aware import sampler as init_sampler
-    folder = init_sampler.init_folder(self.config, self.workdir or '.')
-    return init_sampler.load_init(folder, self.config.sampling.init, self.shape[1:])
-
-  def sampler(self, preconditioner: Preconditioner) -> Callable:
-    inverse_scaler = datasets.get_data_inverse_scaler(self.config)
-    if self.init_aware:
-      from pds_jax.init_aware import sampler as init_sampler
-      init, sigma_t = self.init_and_sigma_t()
-      return functools.partial(init_sampler.get_init_aware_sampler(self.config, self.sde, init, sigma_t, inverse_scaler,
-                                                                   self.eps, preconditioner))
-    return sampling.get_sampling_fn(self.config, self.sde, self.shape, inverse_scaler,
-                                    self.eps, preconditioner, **parallel_lib.sampler_devices(self.config.eval.parallel))
-
-  def settings(self, preconditioner: Preconditioner) -> Dict:
+  def settings(self, sampler: sampling.SamplingFn) -> Dict:
+    """The run's settings for run.json / report.json: the method's, the PDS masks', the model's."""
     s = self.config.sampling
-    sde, eps = sampling.pds_schedule(self.config, self.sde, self.eps)
-    common = {'alpha': s.alpha, 'freq_mask_path': s.freq_mask_path, 'space_mask_path': s.space_mask_path,
-              'pds_variant': s.pds_variant, 'preconditioned': not preconditioner.is_identity,
-              'batch_size': self.config.eval.batch_size, 'seed': self.config.seed, **self.model_info}
-    if self.init_aware:
-      _, sigma_t = self.init_and_sigma_t()
-      return {'method': 'init_aware', 'sde': type(self.sde).__name__, 'init': s.init, 'sigma_t': sigma_t,
-              'init_sampler': s.init_sampler, 'num_steps': s.init_nodes, 'init_rho': s.init_rho,
-              'init_sigma_min': s.init_sigma_min, **common}
-    return {'method': 'pc', 'sde': type(sde).__name__, 'num_steps': sde.N, 'eps': eps, 'predictor': s.predictor,
-            'corrector': s.corrector, 'snr': s.snr, 'n_steps_each': s.n_steps_each, 'speed_up': s.speed_up, **common}
+    return {**sampler.settings, 'alpha': s.alpha, 'freq_mask_path': s.freq_mask_path,
+            'space_mask_path': s.space_mask_path, 'batch_size': self.config.eval.batch_size,
+            'seed': self.config.seed, **self.model_info}
 
 
 def draw(sampler: Callable, keys: jax.Array, score_fn, parallel: str = 'sharding') -> Tuple[np.ndarray, int, float]:
@@ -264,6 +234,11 @@ def _wait_for_rounds(folder: str, num_rounds: int, timeout: float) -> Dict[int, 
     time.sleep(1.)
 
 
+def _as_count(nfe: float):
+  """An NFE as an int when it is one (fixed-step methods), else the float mean (the adaptive ODE)."""
+  return int(round(nfe)) if abs(nfe - round(nfe)) < 1e-9 else nfe
+
+
 def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'eval') -> Optional[Dict]:
   """Draws `eval.num_samples` samples in rounds of `eval.batch_size`, resumably, on all devices and hosts.
 
@@ -277,9 +252,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = '
   preconditioner = load_preconditioner(config)
   folder = _output_folder(workdir, eval_folder)
   parallel = config.eval.parallel
-  settings = run.settings(preconditioner)
-  _check_manifest(folder, {**settings, 'num_samples': config.eval.num_samples})
   sampler = run.sampler(preconditioner)
+  settings = run.settings(sampler)
+  _check_manifest(folder, {**settings, 'num_samples': config.eval.num_samples})
   batch = config.eval.batch_size
   num_rounds = -(-config.eval.num_samples // batch)
   host = jax.process_index()
@@ -289,24 +264,26 @@ def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = '
   from tqdm.auto import tqdm
   times = []
   for r in tqdm(todo, desc=f'rounds (host {host})', unit='round'):
-    samples, _, seconds = draw(sampler, sampling.sample_keys(config.seed, r * batch, batch), run.score_fn, parallel)
+    samples, nfe, seconds = draw(sampler, sampling.sample_keys(config.seed, r * batch, batch), run.score_fn, parallel)
     write_npz(_shard_path(folder, r, host), samples=np.clip(samples * 255., 0, 255).astype(np.uint8),
-              samples_float=samples)
+              samples_float=samples, nfe=np.float64(nfe))
     times.append(seconds)
   if host != 0:
     return None
   shards = _wait_for_rounds(folder, num_rounds, config.eval.wait_timeout)
-  accumulator, preview, remaining = gaussian.MomentAccumulator(), [], config.eval.num_samples
+  accumulator, preview, remaining, nfe_total = gaussian.MomentAccumulator(), [], config.eval.num_samples, 0.
   for r in range(num_rounds):
     with np.load(shards[r]) as f:
       samples = f['samples_float'][:remaining]
+      nfe_total += float(f['nfe']) * len(samples)  # the adaptive ODE's NFE differs per round
     remaining -= len(samples)
     accumulator.add(samples)
     preview.append(samples[:max(0, 64 - sum(len(p) for p in preview))])
   write_png(os.path.join(folder, 'grid.png'), image_grid(np.concatenate(preview)))
   report = {'settings': {**settings, 'parallel': parallel, 'devices_per_host': jax.local_device_count(),
                          'hosts': jax.process_count()},
-            'num_samples': accumulator.count, 'num_rounds': num_rounds, 'nfe_per_sample': sampler.func.nfe,
+            'num_samples': accumulator.count, 'num_rounds': num_rounds,
+            'nfe_per_sample': _as_count(nfe_total / accumulator.count),
             'wall_seconds_per_round_this_run_host0': times, 'first_round_includes_compile': bool(times),
             'metrics': exact_metrics(config, accumulator)}
   write_json(os.path.join(folder, 'report.json'), report)
@@ -357,6 +334,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
   runs = {'vanilla': SamplingRun.build(_vanilla_config(config), workdir)}
   runs['pds'] = SamplingRun.build(config, workdir) if config.sampling.vanilla_speed_up is not None else runs['vanilla']
   preconditioned = _masks_for_compare(config)
+  samplers = {'vanilla': runs['vanilla'].sampler(Preconditioner()), 'pds': runs['pds'].sampler(preconditioned)}
   folder = _output_folder(workdir, eval_folder)
   reference, held_out = None, None
   if config.model.name != GAUSSIAN_REFERENCE:
@@ -367,15 +345,15 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
     reference = evaluation.image_features(images, metric_config, 'reference')
   keys = sampling.sample_keys(config.seed, 0, config.eval.batch_size)
   results, grids = {}, []
-  for name, precond in (('vanilla', Preconditioner()), ('pds', preconditioned)):
-    run = runs[name]
-    samples, nfe, seconds = draw(run.sampler(precond), keys, run.score_fn)
+  for name, run in runs.items():
+    samples, nfe, seconds = draw(samplers[name], keys, run.score_fn)
     write_npz(os.path.join(folder, f'samples_{name}.npz'), samples=np.clip(samples * 255., 0, 255).astype(np.uint8),
               samples_float=samples)
-    results[name] = {'settings': run.settings(precond), 'nfe_per_sample': nfe, 'wall_seconds_incl_compile': seconds,
+    results[name] = {'settings': run.settings(samplers[name]), 'nfe_per_sample': nfe,
+                     'wall_seconds_incl_compile': seconds,
                      'metrics': _sample_metrics(config, np.clip(samples, 0., 1.), reference)}
     grids.append(image_grid(samples[:36], nrow=6))
-    print(f'{name:8s} steps={results[name]["settings"]["num_steps"]:5d} nfe={nfe:5d} '
+    print(f'{name:8s} steps={results[name]["settings"]["num_steps"]:5d} nfe={nfe:5g} '
           f'wall={seconds:7.2f}s ' + ' '.join(f'{k}={v:.4g}' for k, v in results[name]['metrics'].items()))
   gap = np.full((grids[0].shape[0], 12, 3), 255, np.uint8)
   write_png(os.path.join(folder, 'vanilla_vs_pds.png'), np.concatenate([grids[0], gap, grids[1]], axis=1))
@@ -518,12 +496,14 @@ def fit_init(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   (maximum likelihood on noised data) or the closed-form spectral Gaussian on a seeded subset of
   the training images (in the model's data range), and prints the validation NLL per dimension and
   the init error (sliced Wasserstein to held-out noised data), next to N(0, σ_T² I)'s. Writes
-  <init folder>/init.json plus the init's file (see `init_aware.sampler`).
+  <init folder>/init.json plus the init's file (see `init_aware.store`). sampling.init = 'prior'
+  (the default) fits `store.FIT_DEFAULT`, the closed-form spectral Gaussian.
   """
-  from pds_jax.init_aware import flow_training, inits, metrics as ia_metrics, sampler as init_sampler, sigma_t as st
+  from pds_jax.init_aware import flow_training, inits, metrics as ia_metrics, sigma_t as st, store
   s, ia = config.sampling, config.init_aware
-  if s.init not in init_sampler.INITS:
-    raise ValueError(f'config.sampling.init = {s.init!r}; choose one of {init_sampler.INITS}.')
+  kind = store.FIT_DEFAULT if s.init == store.PRIOR else s.init
+  if kind not in store.INITS:
+    raise ValueError(f'config.sampling.init = {s.init!r}; choose one of {(store.PRIOR,) + store.INITS}.')
   if not 0 < ia.val_fraction < 1:
     raise ValueError(f'config.init_aware.val_fraction = {ia.val_fraction} must lie in (0, 1).')
   shape = image_shape(config)
@@ -550,11 +530,11 @@ def fit_init(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     raise ValueError(f'sigma_T = {sigma_t} must lie in (model.sigma_min, model.sigma_max] = '
                      f'({sde.sigma_min}, {sde.sigma_max}].')
   history = None
-  if s.init == 'spectral_gaussian':
+  if kind == 'spectral_gaussian':
     init = inits.SpectralGaussianInit.from_images(train_x0, sigma_t)
-  elif s.init == 'gaussian':
+  elif kind == 'gaussian':
     init = inits.IsotropicGaussianInit.create(sigma_t, shape)
-  elif s.init == 'empirical':
+  elif kind == 'empirical':
     init = inits.EmpiricalInit.create(train_x0, sigma_t)
   else:
     hparams = dict(ia[ia.flow_type].to_dict()) if ia.flow_type in ia else {}
@@ -568,14 +548,14 @@ def fit_init(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   val_noised = _noised(jnp.asarray(val_x0), sigma_t, config.seed + 7)
   dim = int(np.prod(shape))
   rng = jax.random.PRNGKey(config.seed + 8)
-  for name, q in ((s.init, init), ('gaussian_baseline', inits.IsotropicGaussianInit.create(sigma_t, shape))):
+  for name, q in ((kind, init), ('gaussian_baseline', inits.IsotropicGaussianInit.create(sigma_t, shape))):
     nll = -float(jnp.mean(jax.jit(q.log_prob)(val_noised))) / dim
     draws = q.sample(rng, num_val).reshape(num_val, -1)
     sw = float(ia_metrics.sliced_wasserstein(draws, val_noised.reshape(num_val, -1), rng))
     info[name] = {'val_nll_per_dim': nll, 'sliced_wasserstein': sw}
     print(f'{name:20s} validation NLL {nll:.4f} nats/dim   sliced W2 to held-out noised data {sw:.4g}')
-  folder = init_sampler.init_folder(config, workdir)
-  path = init_sampler.save_init(folder, s.init, init, sigma_t, shape, info, history)
+  folder = store.init_folder(config, workdir)
+  path = store.save_init(folder, kind, init, sigma_t, shape, info, history)
   print(f'wrote {path}')
   return {'sigma_t': sigma_t, **info}
 

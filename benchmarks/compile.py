@@ -2,7 +2,7 @@
 
 The N steps are one `lax.scan`, so the compiled program, its compile time and its memory should
 not grow with N. Each (method, N, repetition) runs in a fresh subprocess with the persistent
-compilation cache disabled; it lowers and compiles `PCSampler._run` (the jitted scan) for the conv
+compilation cache disabled; it lowers and compiles `PCSampler.lower_scan` (the jitted scan) for the conv
 score net of `benchmarks.overhead` and reports the lowering and compile wall times, the process
 RSS before lowering and its peak after compiling (`getrusage`), XLA's memory analysis of the
 compiled program and the size of the lowered StableHLO text.
@@ -61,7 +61,6 @@ def _peak_rss_mb() -> float:
 def measure(args: argparse.Namespace) -> dict:
   """Lowers and compiles the sampler's scan once in this (fresh) process; cache disabled."""
   import jax
-  import jax.numpy as jnp
   from pds_jax import gaussian, preconditioning
   jax.config.update('jax_enable_compilation_cache', False)
   method, num_steps = args.worker.split(',')
@@ -75,10 +74,10 @@ def measure(args: argparse.Namespace) -> dict:
   pre = preconditioning.Preconditioner()
   if method == 'pds_freq':
     pre = preconditioning.from_statistics(freq_stat, None, 5.)
-  carry = jax.block_until_ready(sampler._init(jax.random.PRNGKey(0), pre))
+  carry = jax.block_until_ready(sampler.initial_carry(jax.random.PRNGKey(0), pre))
   rss_before = _rss_mb()
   start = time.perf_counter()
-  lowered = sampler._run.lower(score_fn, pre, carry, jnp.int32(0), num_steps)
+  lowered = sampler.lower_scan(score_fn, pre, carry, num_steps)
   lowered_at = time.perf_counter()
   compiled = lowered.compile()
   compiled_at = time.perf_counter()
@@ -125,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
           'setting': {'shape': [args.batch_size, args.size, args.size, 3], 'steps': steps, 'repeats': args.repeats,
                       'net': {'class': 'benchmarks.common.ConvScoreNet', 'features': args.features,
                               'num_convs': args.num_convs},
-                      'what': 'jax.jit(PCSampler._run_impl).lower(score_fn, M, carry, 0, length=N) then .compile(), '
+                      'what': 'PCSampler.lower_scan(score_fn, M, carry, N) (the jitted scan of N steps) then .compile(), '
                               'one fresh subprocess per measurement, persistent compilation cache disabled',
                       'statistic': 'median over repetitions', 'quick': args.quick},
           'summary': summary, 'measurements': measurements, 'environment': common.environment()}

@@ -6,7 +6,6 @@ on the bundled 32×32 natural-image patches. Samplers, all from the same per-sam
   pds       the same with the shipped PDS masks (frequency and space statistic, α = --alpha)
   init_s<σ_T>      x_T ~ the closed-form spectral Gaussian init at σ_T (run_lib.fit_init on 4096
                    training patches; zero training), then EDM Heun on the Karras grid σ_T → 0.002 (ρ 5)
-  init_pds_s<σ_T>  the same with the PDS masks on the Heun updates
 Metrics against 2000 training patches (pds_jax.evaluation): multi-scale SWD (×10³, average of the
 levels), Fréchet distance and KID on the fixed statistics features; the noise floor is the same
 metrics of as many other training patches (disjoint from the reference). The speed-up at equal
@@ -19,6 +18,7 @@ vanilla's best value over its grid), counting score evaluations (NFE).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from typing import Dict, Optional, Sequence
 
@@ -90,15 +90,21 @@ def run(args) -> dict:
   reference = evaluation.image_features(reference_images, metric_config, 'reference')
   floor = _metrics(base, held_out, reference)
   print('noise floor (training patches not in the reference):', floor)
-  results = {}
   families = {'vanilla': common.int_list(args.steps), 'pds': common.int_list(args.steps)}
-  init_dirs = {}
-  for sigma_t in common.float_list(args.sigma_t):  # the closed-form spectral init of the training patches at each σ_T
-    config = get_config()
-    config.init_aware.sigma_t = sigma_t
-    config.sampling.init_path = init_dirs[f'{sigma_t:g}'] = tempfile.mkdtemp(prefix=f'init_{sigma_t:g}_')
-    run_lib.fit_init(config, config.sampling.init_path)
-    families[f'init_s{sigma_t:g}'] = families[f'init_pds_s{sigma_t:g}'] = common.int_list(args.init_nodes)
+  with tempfile.TemporaryDirectory() as init_root:
+    init_dirs = {}
+    for sigma_t in common.float_list(args.sigma_t):  # the closed-form spectral init of the patches at each σ_T
+      config = get_config()
+      config.init_aware.sigma_t = sigma_t
+      config.sampling.init_path = init_dirs[f'{sigma_t:g}'] = os.path.join(init_root, f'init_{sigma_t:g}')
+      run_lib.fit_init(config, config.sampling.init_path)
+      families[f'init_s{sigma_t:g}'] = common.int_list(args.init_nodes)
+    results = _run_families(args, families, init_dirs, reference)
+  return {'floor': floor, 'results': results}
+
+
+def _run_families(args, families: Dict[str, list], init_dirs: Dict[str, str], reference) -> dict:
+  results = {}
   for method, grid in families.items():
     for n in grid:
       config = _config(args, method, n, init_dirs)
@@ -113,11 +119,11 @@ def run(args) -> dict:
         wall += seconds
       samples = np.clip(np.concatenate(batches)[:args.num_samples], 0., 1.)
       entry = {'n': n, 'nfe': int(nfe), 'wall_seconds_incl_compile': wall, 'metrics': _metrics(config, samples, reference),
-               'settings': sampler_run.settings(precond)}
+               'settings': sampler_run.settings(sampler)}
       results.setdefault(method, []).append(entry)
       print(f'{method:9s} n={n:5d} nfe={int(nfe):5d} wall={wall:7.1f}s ' +
             ' '.join(f'{k}={v:.4g}' for k, v in entry['metrics'].items()), flush=True)
-  return {'floor': floor, 'results': results}
+  return results
 
 
 def summarise(payload: dict) -> dict:

@@ -3,7 +3,7 @@
 Data: the stationary Gaussian with the 1/|k|² spectrum of benchmarks.quality_vs_steps (values
 around [0, 1]); its score is exact at every σ, so the sampler and the init are the only sources of
 error. Two sampler families, each with and without PDS:
-EDM's deterministic Heun (pds_jax.init_aware.edm; 2 NFE per step, 1 on the last step to σ = 0)
+EDM's deterministic Heun (pds_jax.edm; 2 NFE per step, 1 on the last step to σ = 0)
   classic          x ~ N(0, σ_max² I), σ_max by Song & Ermon's rule (48.7), Karras grid ρ 7 to
                    σ_min = 0.002 (EDM's setting)
   <init>_s<σ_T>    x_T ~ q_T, Karras grid ρ 5 from σ_T to 0.002 (the paper's image setting), with
@@ -14,11 +14,11 @@ EDM's deterministic Heun (pds_jax.init_aware.edm; 2 NFE per step, 1 on the last 
 score_sde's PC sampler (reverse_diffusion + langevin, snr 0.16; 2 NFE per step), PDS's own setting
   classic_pc       from the prior on VESDE(0.01, σ_max, N), eps = 1e-5 · 2000 / N (as quality_vs_steps)
   spectral_s<σ_T>_pc   the spectral init, then the PC sampler on the VE grid cut at σ_T
-                   (edm.pc_sample_from, N steps, eps 1e-5)
-  ...+pds          the same with the PDS frequency mask (official statistic of 200 exact draws
-                   clipped to [0, 1], α = 5): on every Heun update as K = M Mᵀ (edm module
-                   docstring; a preconditioned ODE no longer transports p_T to p_0 exactly), and as
-                   the official PDS variant in the PC sampler.
+                   (sampling.PCSolver from t(σ_T), N steps, eps 1e-5)
+  ...+pds          the PC families with the PDS frequency mask (official statistic of 200 exact
+                   draws clipped to [0, 1], α = 5), the official PDS variant. (Heun + PDS was measured
+                   before the sampler layer — no run below FD 13, README — and is now refused: K = M Mᵀ
+                   on a deterministic ODE changes its flow map.)
 The learned TarFlow init is not run here: fitting it at 64×64×3 takes GPU-days in the paper
 and is out of reach on a CPU; the closed-form spectral init is its zero-training counterpart.
 σ_T: 3.5 (the paper's σ_T = 7 for data in [-1, 1], rescaled to [0, 1]) and 1.
@@ -43,8 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from pds_jax import gaussian, preconditioning, sde_lib
-from pds_jax.init_aware import edm, inits
+from pds_jax import edm, gaussian, preconditioning, sampling, sde_lib
+from pds_jax.driver import Sampler
+from pds_jax.init_aware import inits
 
 SIGMA_MIN = 0.002
 RHO_CLASSIC, RHO_SHORT = 7., 5.
@@ -89,7 +90,6 @@ def run(args) -> dict:
   reference = gaussian.GaussianReference.power_law(shape)
   sigma_max = round(gaussian.song_ermon_sigma_max(reference), 1)
   sde = sde_lib.VESDE(SIGMA_MIN, sigma_max, 1000)
-  denoiser = edm.denoiser_from_score(reference.score_fn(sde), sde)
   freq_stat, _ = common.reference_statistics(reference, 200, seed=args.seed + 1)
   pds = preconditioning.from_statistics(freq_stat, None, alpha=args.alpha)
   rng = jax.random.PRNGKey(args.seed)
@@ -97,22 +97,21 @@ def run(args) -> dict:
   train = np.asarray(reference.sample(k_train, args.num_train))
   floor = gaussian.metrics(reference.sample(k_floor, args.num_samples), reference)
   print('noise floor (exact draws):', floor, flush=True)
-  heun = jax.jit(edm.heun_sampler)
   pc_sde = sde_lib.VESDE(common.SIGMA_MIN, sigma_max, 1000)
   families: Dict[str, dict] = {}
   classic = inits.IsotropicGaussianInit.create(sigma_max, shape)
   short_inits = {(name, sigma_t): _init(name, train, sigma_t, shape)
                  for sigma_t in common.float_list(args.sigma_t) for name in INITS}
+  families['classic'] = dict(sampler='heun', init=classic, sigma=sigma_max, rho=RHO_CLASSIC,
+                             grid=common.int_list(args.classic_nodes), precond=None)
+  for sigma_t in common.float_list(args.sigma_t):
+    for name in INITS:
+      families[f'{name}_s{sigma_t:g}'] = dict(sampler='heun', init=short_inits[name, sigma_t], sigma=sigma_t,
+                                             rho=RHO_SHORT, grid=common.int_list(args.short_nodes), precond=None)
   for suffix, precond in (('', None), ('+pds', pds)):
-    families['classic' + suffix] = dict(sampler='heun', init=classic, sigma=sigma_max, rho=RHO_CLASSIC,
-                                        grid=common.int_list(args.classic_nodes), precond=precond)
     families['classic_pc' + suffix] = dict(sampler='pc', init=None, sigma=sigma_max,
                                            grid=common.int_list(args.classic_pc_steps), precond=precond)
     for sigma_t in common.float_list(args.sigma_t):
-      for name in INITS:
-        families[f'{name}_s{sigma_t:g}{suffix}'] = dict(
-            sampler='heun', init=short_inits[name, sigma_t], sigma=sigma_t, rho=RHO_SHORT,
-            grid=common.int_list(args.short_nodes), precond=precond)
       families[f'spectral_s{sigma_t:g}_pc{suffix}'] = dict(
           sampler='pc', init=short_inits['spectral', sigma_t], sigma=sigma_t,
           grid=common.int_list(args.short_pc_steps), precond=precond)
@@ -122,14 +121,15 @@ def run(args) -> dict:
     for n in f['grid']:
       start = time.time()
       if f['sampler'] == 'heun':
-        samples, nfe = heun(denoiser, x_t, edm.karras_sigmas(f['sigma'], SIGMA_MIN, n, f['rho']),
-                            preconditioner=f['precond'])
+        solver = edm.HeunSolver(sde, edm.karras_sigmas(f['sigma'], SIGMA_MIN, n, f['rho']))
+        samples, nfe = Sampler(solver, x_t.shape)(k_classic, reference.score_fn(sde), x_init=x_t)
       elif x_t is None:  # classic PC: score_sde's sampler from the prior N(0, σ_max² I)
         sampler = common.ve_sampler(sigma_max, (args.num_samples,) + shape, n)
         samples, nfe = sampler(k_classic, reference.score_fn(sampler.sde), f['precond'])
-      else:
-        samples, nfe = edm.pc_sample_from(k_classic, reference.score_fn(pc_sde), pc_sde, x_t, f['sigma'],
-                                          num_steps=n, snr=common.SNR, preconditioner=f['precond'])
+      else:  # the PC sampler on the grid cut at σ_T
+        solver = sampling.PCSolver(pc_sde.with_num_scales(n), snr=common.SNR, eps=1e-5,
+                                   t_start=float(pc_sde.edm_time(np.float64(f['sigma']))))
+        samples, nfe = Sampler(solver, x_t.shape)(k_classic, reference.score_fn(pc_sde), f['precond'], x_init=x_t)
       samples = jax.block_until_ready(samples)
       entry = {'steps': n, 'nfe': int(nfe), 'sampling_seconds_incl_compile': time.time() - start,
                'metrics': gaussian.metrics(samples, reference)}
@@ -137,7 +137,7 @@ def run(args) -> dict:
       print(f'{method:24s} nfe={int(nfe):4d} ' + ' '.join(f'{k}={v:.4g}' for k, v in entry['metrics'].items()),
             flush=True)
   for method, f in families.items():
-    if f['sampler'] == 'heun' and not method.endswith('+pds') and not isinstance(f['init'], inits.EmpiricalInit):
+    if f['sampler'] == 'heun' and not isinstance(f['init'], inits.EmpiricalInit):
       kl[method] = _init_kl(reference, f['sigma'], f['init'])
   return {'sigma_max': sigma_max, 'floor': floor, 'kl_init': kl, 'results': results}
 

@@ -43,8 +43,9 @@ import numpy as np
 from jax.tree_util import Partial
 
 from benchmarks import common
-from pds_jax import sde_lib
-from pds_jax.init_aware import edm, flow_training, inits, metrics, toy_score, toys
+from pds_jax import edm, sde_lib
+from pds_jax.driver import Sampler
+from pds_jax.init_aware import flow_training, inits, metrics, toy_score, toys
 from pds_jax.init_aware.sigma_t import select_sigma_t
 
 SIGMA_MAX = 3.
@@ -88,17 +89,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   return args
 
 
-def _denoiser(spec: dict, target, dim: int, args, rng: jax.Array, info: dict) -> Partial:
-  """The exact denoiser of a GMM, or the one of a ToyScoreMLP trained with the DSM loss (Student-t)."""
+def _exact_score(target, x: jax.Array, t: jax.Array, *, sde: sde_lib.VESDE) -> jax.Array:
+  return target.noised_score(x, sde.edm_sigma(t))
+
+
+def _score_fn(spec: dict, target, dim: int, sde: sde_lib.VESDE, args, rng: jax.Array, info: dict) -> Partial:
+  """The exact noised score of a GMM, or a ToyScoreMLP trained with the DSM loss (Student-t)."""
   if spec['score'] == 'exact':
-    return Partial(type(target).denoiser, target)
-  sde = sde_lib.VESDE(SIGMA_MIN, SIGMA_MAX, 1000)
+    return Partial(functools.partial(_exact_score, sde=sde), target)
   start = time.time()
   params, history = toy_score.train_toy_score(target.sample, dim, sde, rng, num_steps=args.score_steps)
   score_fn = toy_score.toy_score_fn(toy_score.ToyScoreMLP(), params, sde)
   info['score_training'] = {'steps': args.score_steps, 'seconds': time.time() - start, 'final_loss': history[-1]}
   info['score_relative_error'] = _score_error(target, score_fn, sde, jax.random.fold_in(rng, 1))
-  return edm.denoiser_from_score(score_fn, sde)
+  return score_fn
 
 
 def _score_error(target, score_fn, sde: sde_lib.VESDE, rng: jax.Array, n: int = 2000) -> Dict[str, float]:
@@ -163,9 +167,9 @@ def run_target(name: str, args) -> dict:
   info['sigma_t_dip'] = select_sigma_t(np.asarray(train), k_dip, args.dip_directions)[0]
   info['dip_seconds'] = time.time() - start
   floor = _quality(target.sample(k_floor, args.num_samples), reference, k_metric, args)
-  denoiser = _denoiser(spec, target, dim, args, k_score, info)
+  sde = sde_lib.VESDE(SIGMA_MIN, SIGMA_MAX, 1000)
+  score_fn = _score_fn(spec, target, dim, sde, args, k_score, info)
   init_dists = _inits(spec, train, args, k_flow, info)
-  ancestral = jax.jit(edm.ancestral_sampler)
   results, kl = {}, {}
   for method, init in init_dists.items():
     sigma_start = SIGMA_MAX if method == 'classic' else spec['sigma_t']
@@ -174,7 +178,8 @@ def run_target(name: str, args) -> dict:
     for n in common.int_list(args.nodes):
       sigmas = edm.karras_sigmas(sigma_start, SIGMA_MIN, n, RHO)
       start = time.time()
-      samples, nfe = jax.block_until_ready(ancestral(denoiser, x_t, sigmas, k_sampler))
+      samples, nfe = Sampler(edm.AncestralSolver(sde, sigmas), x_t.shape)(k_sampler, score_fn, x_init=x_t)
+      samples = jax.block_until_ready(samples)
       seconds = time.time() - start
       entry = {'nodes': n, 'nfe': int(nfe), 'sampling_seconds_incl_compile': seconds,
                'metrics': _quality(samples, reference, k_metric, args)}

@@ -128,9 +128,8 @@ def measure(args: argparse.Namespace) -> dict:
 
 def _compiled_ops(sampler, keys, score_fn, pre) -> dict:
   """Collectives and FFTs in the compiled scan (its loop body is one PC step) and the FFTs' batch per device."""
-  import jax.numpy as jnp
-  carry = sampler._init(sampler._per_device(keys) if sampler.pmap else keys, pre)
-  text = sampler._run.lower(score_fn, pre, carry, jnp.int32(0), sampler.num_steps).compile().as_text()
+  carry = sampler.initial_carry(keys, pre)
+  text = sampler.lower_scan(score_fn, pre, carry).compile().as_text()
   counts = {op: len(re.findall(rf'\b{op}\(', text)) for op in ('all-gather', 'all-reduce', 'fft')}
   fft_batch = sorted({int(dims.split(',')[0]) for dims in re.findall(r'= c64\[([0-9,]+)\]\S* fft\(', text)})
   return {**counts, 'fft_batch_per_device': fft_batch}

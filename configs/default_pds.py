@@ -14,6 +14,7 @@ def add_pds_fields(sampling: ml_collections.ConfigDict) -> None:
   num_chunks: the time loop runs as this many jitted `lax.scan` chunks with a progress bar
     between them; the samples are bit-identical for every value.
   vanilla_speed_up: --mode compare runs vanilla with this k (None: speed_up, the same steps as PDS).
+  The fields of the other sampling methods are added by `add_sampler_fields`.
   """
   sampling.speed_up = 1.
   sampling.alpha = 5.
@@ -22,6 +23,29 @@ def add_pds_fields(sampling: ml_collections.ConfigDict) -> None:
   sampling.pds_variant = 'official'
   sampling.num_chunks = 10
   sampling.vanilla_speed_up = config_dict.placeholder(float)
+  add_sampler_fields(sampling)
+
+
+def add_sampler_fields(sampling: ml_collections.ConfigDict) -> None:
+  """Adds the fields of every sampling method (`pds_jax.sampling.get_sampling_fn`) in place.
+
+  method (score_sde's field, 'pc' by default): 'pc', 'ode', 'euler', 'heun', 'ancestral',
+    'dpm_solver', or 'init_aware' (the alias of the earlier init-aware sampler).
+  num_steps: steps of the method (σ-grid methods: Karras nodes; None: PC uses speed_up, the others
+    `sampling.DEFAULT_NUM_STEPS`). The NFE follows from the method and is reported.
+  rho: ρ of the Karras grid σ(T) → σ(eps) of euler / heun / ancestral / dpm_solver.
+  solver_order, dpm_solver_variant: DPM-Solver's order (1, 2, 3) and 'dpm_solver' (singlestep,
+    noise prediction) or 'dpm_solver++' (multistep, data prediction).
+  ode_method, ode_rtol, ode_atol: the probability-flow ODE solver ('RK45' = Dormand–Prince 5(4) as
+    in score_sde, or 'tsit5') and its tolerances (score_sde's 1e-5).
+  """
+  sampling.num_steps = config_dict.placeholder(int)
+  sampling.rho = 7.
+  sampling.solver_order = 2
+  sampling.dpm_solver_variant = 'dpm_solver++'
+  sampling.ode_method = 'RK45'
+  sampling.ode_rtol = 1e-5
+  sampling.ode_atol = 1e-5
 
 
 def add_scale_fields(evaluate: ml_collections.ConfigDict) -> None:
@@ -82,12 +106,16 @@ def add_stats_and_metric_fields(config: ml_collections.ConfigDict) -> None:
 def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
   """Adds initialization-aware sampling (Fassina et al.; `pds_jax.init_aware`) to a config in place.
 
-  config.sampling (used when sampling.method = 'init_aware'):
-    init: q_T — 'spectral_gaussian' (closed form, zero training), 'flow' (learned), 'gaussian'
-      (N(0, σ_T² I), uninformed) or 'empirical' (training images + σ_T ε, the oracle).
-    init_sampler: 'heun' / 'euler' / 'ancestral' on the Karras grid σ_T → init_sigma_min
-      (init_nodes nodes, ρ = init_rho, then 0), or 'pc' (the PC sampler cut at σ_T, init_nodes steps).
+  config.sampling:
+    init: x_T's distribution for every method — 'prior' (the SDE's prior at T, the default), or a
+      q_T at σ_T fitted by --mode fit_init: 'spectral_gaussian' (closed form, zero training), 'flow'
+      (learned), 'gaussian' (N(0, σ_T² I), uninformed) or 'empirical' (training images + σ_T ε, the
+      oracle). fit_init fits 'spectral_gaussian' when init is 'prior'.
     init_path: the fit_init folder (None: workdir/init).
+    init_sampler, init_nodes, init_rho, init_sigma_min: the method = 'init_aware' alias (the
+      earlier init-aware sampler): 'heun' / 'euler' / 'ancestral' on the Karras grid σ_T →
+      init_sigma_min (init_nodes nodes, ρ = init_rho, then 0), or 'pc' (init_nodes steps), from
+      sampling.init ('prior' reads as 'spectral_gaussian').
   config.init_aware (used by --mode fit_init):
     sigma_t: σ_T in the model's data range (None: choose it with the dip-test procedure on
       num_directions random directions within sigma_t_bounds; a projection counts as multimodal
@@ -98,7 +126,7 @@ def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
       the flow for init = 'flow' (TarFlow's data_scale None means 2 σ_T, the paper's 7 → 14).
   """
   s = config.sampling
-  s.init = 'spectral_gaussian'
+  s.init = 'prior'
   s.init_sampler = 'heun'
   s.init_nodes = 20
   s.init_rho = 5.

@@ -87,6 +87,10 @@ class GaussianReference(flax.struct.PyTreeNode):
     shape = batches[0].shape[1:]
     return cls(mean=jnp.asarray(np.broadcast_to(mu, shape), jnp.float32), spectrum=jnp.asarray(lam, jnp.float32))
 
+  def affine(self, scale: float, shift: float) -> 'GaussianReference':
+    """The law of scale · x + shift: N(scale μ + shift, scale² Σ) (e.g. data centred to [-1, 1])."""
+    return self.replace(mean=scale * self.mean + shift, spectrum=scale ** 2 * self.spectrum)
+
   def _colour(self, xi: jax.Array, spectrum: jax.Array) -> jax.Array:
     """Re U*( sqrt(spectrum) ⊙ U ξ ): white noise (B, H, W, C) coloured to covariance U* diag U."""
     return jnp.real(jnp.fft.ifft2(jnp.sqrt(spectrum) * jnp.fft.fft2(xi, axes=(-3, -2)), axes=(-3, -2)))

@@ -1,7 +1,10 @@
-"""Predictor–corrector samplers with PDS preconditioning, as one jitted `lax.scan`.
+"""score_sde's samplers with PDS: the predictor–corrector method and `get_sampling_fn` for every method.
 
 Names, registries and numerics follow score_sde's `sampling.py` (Song et al., ICLR 2021);
 `reverse_diffusion` and `langevin` follow the official PDS code (Ma et al., IJCV 2025).
+`get_sampling_fn(config, ...)` dispatches on `config.sampling.method` to one of the registered
+methods (`pc` here; `ode` in `pds_jax.ode`; `euler`, `heun`, `ancestral` in `pds_jax.edm`;
+`dpm_solver` in `pds_jax.dpm_solver`), all run by the one driver `pds_jax.driver.Sampler`.
 
 The one preconditioned mechanism: every predictor and corrector obtains its drift-type term and
 its fresh noise through `Predictor.precondition` / `Corrector.precondition`, i.e.
@@ -29,28 +32,33 @@ sub-VP (f = -½ β x) alike — so every marginal p_t is kept for any fixed inve
 official variant also rescales f and the probability-flow part ½ g² s by M Mᵀ. It is implemented
 by running the plain predictor with the score ½ (I + M Mᵀ) s and the noise M ξ. For the
 probability-flow ODE the marginal-preserving variant uses no preconditioning at all.
+
+`pds_variant = 'corrector_only'` preconditions the Langevin corrector only: the predictor and the
+prior are the plain ones. Langevin with K = M Mᵀ keeps p_t stationary for any constant M
+(METHOD.md §2), so this variant changes how fast the corrector mixes, never what it targets.
 """
 from __future__ import annotations
 
 import abc
 import functools
-from typing import Callable, Optional, Tuple, Type, Union
+import os
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Type, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
 from jax.tree_util import Partial
 
-from pds_jax import sde_lib
+from pds_jax import dpm_solver, edm, ode, sde_lib
+from pds_jax.driver import Sampler, ScoreFn, Solver, normal, split
+from pds_jax.driver import NonFiniteSampleError, sample_keys  # noqa: F401  (public here, as before the driver)
+from pds_jax.init_aware import store
 from pds_jax.preconditioning import Preconditioner
 from pds_jax.utils import batch_mul, registry_decorator
 
 _CORRECTORS = {}
 _PREDICTORS = {}
-PDS_VARIANTS = ('official', 'marginal_preserving')
-
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+PDS_VARIANTS = ('official', 'marginal_preserving', 'corrector_only')
 
 
 register_predictor = registry_decorator(_PREDICTORS, 'predictor')
@@ -69,27 +77,6 @@ def get_predictor(name: str) -> Type['Predictor']:
 
 def get_corrector(name: str) -> Type['Corrector']:
   return _lookup(_CORRECTORS, 'corrector', name)
-
-
-def split(rng: jax.Array) -> jax.Array:
-  """Splits a key (2,) into two, or each of per-sample keys (B, 2) into two: shape (2, B, 2)."""
-  return jax.vmap(jax.random.split, out_axes=1)(rng) if rng.ndim == 2 else jax.random.split(rng)
-
-
-def normal(rng: jax.Array, shape) -> jax.Array:
-  """N(0, I) of shape (B, ...): one draw from a key, or item i from key i of per-sample keys (B, 2).
-
-  With per-sample keys the noise of an item depends on its own key only, not on the batch.
-  """
-  if rng.ndim == 2:
-    return jax.vmap(lambda key: jax.random.normal(key, shape[1:]))(rng)
-  return jax.random.normal(rng, shape)
-
-
-def sample_keys(seed: int, start: int, count: int) -> jax.Array:
-  """Per-sample keys fold_in(PRNGKey(seed), i) for global sample indices i = start … start + count - 1."""
-  base = jax.random.PRNGKey(seed)
-  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(start, start + count, dtype=jnp.uint32))
 
 
 def _precondition(rng: jax.Array, v: jax.Array, mmt: Callable, preconditioner: Preconditioner):
@@ -112,7 +99,9 @@ class Predictor(abc.ABC):
     if pds_variant not in PDS_VARIANTS:
       raise ValueError(f'sampling.pds_variant = {pds_variant!r}; choose one of {PDS_VARIANTS}.')
     self.sde = sde
-    self.preconditioner = Preconditioner() if preconditioner is None else preconditioner
+    if preconditioner is None or pds_variant == 'corrector_only':
+      preconditioner = Preconditioner()
+    self.preconditioner = preconditioner
     self.probability_flow = probability_flow
     marginal_preserving = pds_variant == 'marginal_preserving' and not self.preconditioner.is_identity
     if marginal_preserving and not probability_flow:
@@ -289,193 +278,108 @@ class NoneCorrector(Corrector):
     return x, x
 
 
-# ----------------------------------------------------------------------------- the PC sampler
+
+# ----------------------------------------------------------------------------- the PC method
 
 
-class NonFiniteSampleError(FloatingPointError):
-  """Samples became NaN/Inf; `step` is the first sampler step (0-based) at which it happened."""
-
-  def __init__(self, step: int, t: float, num_steps: int):
-    self.step, self.t = step, t
-    super().__init__(f'samples became non-finite (NaN/Inf) at step {step} of {num_steps} (t = {t:.6g}); '
-                     'nothing was written. Try a smaller snr, a larger alpha or more steps.')
+class PCState(NamedTuple):
+  rng: jax.Array
+  x: jax.Array
+  x_mean: jax.Array
 
 
-def _as_pytree_fn(fn: Callable) -> Partial:
-  """A score function as a pytree: a `Partial`'s bound arrays (model weights) become jit arguments."""
-  return fn if isinstance(fn, Partial) else Partial(fn)
+def _rescaled_time_score(score_fn: ScoreFn, x: jax.Array, t: jax.Array, *, kappa: float) -> jax.Array:
+  return score_fn(x, kappa * t)
 
 
-class PCSampler:
-  """The predictor–corrector sampler of score_sde with PDS, as a jitted `lax.scan` over steps.
+class PCSolver(Solver):
+  """score_sde's predictor–corrector method with PDS, one scan step per time t_i = linspace(T, eps, N)[i].
 
-  The carry is (rng, x, x_mean, first_nonfinite_step). Step i uses t_i = linspace(T, eps, N)[i]:
-  corrector, then predictor (official PDS order), splitting the rng as score_sde does. A run in K
-  chunks executes the same compiled step body on the same carry, so it gives bit-identical samples
-  to the single-scan run.
+  Step i runs the corrector, then the predictor (official PDS order), splitting the rng as
+  score_sde does; the output is the last x_mean when `denoise` (score_sde's noise removal).
 
-  Random numbers: `rng` is one key (score_sde's stream, split for the whole batch each step) or
-  per-sample keys (B, 2), e.g. `sample_keys(seed, first_index, B)`: then every draw of item i comes
-  from its own key, so a sample does not depend on how the batch is split over devices or hosts.
-
-  Devices (per-sample keys only; the batch is split evenly; the Langevin norms are averaged with
-  `pmean` over the device axis): `pmap=True` is score_sde's `pmap` path over the local devices;
-  `mesh=` a 1-D `jax.sharding.Mesh` (`pds_jax.parallel.batch_mesh()`) runs the same per-device
-  program with `jax.shard_map` under `jit` — the modern path, which also spans hosts' devices.
+  From an init-aware x_T at t_start < T, the grid is that of the same process on [0, t_start]
+  (`sde.truncate(t_start)`: for VE the VESDE from σ_min to σ_T, for VP/sub-VP a VP SDE with
+  rescaled β), whose t' is the model's t = t_start · t'; eps' = eps / t_start keeps the last
+  noise level. The chain starts at x_T itself.
   """
+  name = 'pc'
+  stochastic = True
+  preconditioned_by_pds = True
 
-  def __init__(self, sde: sde_lib.SDE, shape, predictor: Union[str, Type[Predictor]] = 'reverse_diffusion',
-               corrector: Union[str, Type[Corrector]] = 'langevin', inverse_scaler: Callable = lambda x: x,
-               snr: float = 0.16, n_steps: int = 1, probability_flow: bool = False, denoise: bool = True,
-               eps: float = 1e-3, pds_variant: str = 'official', axis_name: Optional[str] = None,
-               pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None):
+  def __init__(self, sde: sde_lib.SDE, predictor: Union[str, Type[Predictor]] = 'reverse_diffusion',
+               corrector: Union[str, Type[Corrector]] = 'langevin', snr: float = 0.16, n_steps: int = 1,
+               probability_flow: bool = False, denoise: bool = True, eps: float = 1e-3,
+               pds_variant: str = 'official', t_start: Optional[float] = None):
+    super().__init__(sde, sde.T if t_start is None else t_start)
     self.predictor = get_predictor(predictor) if isinstance(predictor, str) else predictor
     self.corrector = get_corrector(corrector) if isinstance(corrector, str) else corrector
     if pds_variant not in PDS_VARIANTS:
       raise ValueError(f'sampling.pds_variant = {pds_variant!r}; choose one of {PDS_VARIANTS}.')
-    if not 0 < eps < sde.T:
-      raise ValueError(f'eps must lie in (0, T = {sde.T}), got {eps}.')
-    self.sde, self.shape, self.inverse_scaler = sde, tuple(shape), inverse_scaler
+    if not 0 < eps < self.t_start:
+      raise ValueError(f'eps must lie in (0, T = {self.t_start}), got {eps}.')
     self.snr, self.n_steps, self.probability_flow = snr, int(n_steps), probability_flow
-    self.denoise, self.eps, self.pds_variant, self.axis_name = denoise, eps, pds_variant, axis_name
-    evals = (self.predictor is not NonePredictor) + (self.corrector is not NoneCorrector) * self.n_steps
-    self.nfe = sde.N * evals
-    self.pmap = pmap
-    self._first_bad_shape = (mesh.size,) if mesh is not None else (1,)  # one entry per device
-    if pmap and mesh is not None:
-      raise ValueError('PCSampler: choose pmap=True or a mesh, not both.')
-    if pmap:
-      self.axis_name = axis_name or 'batch'
-      self._init = jax.pmap(self._init_impl, in_axes=(0, None))
-      self._run = jax.pmap(self._run_impl, axis_name=self.axis_name, in_axes=(None, None, 0, None),
-                           static_broadcasted_argnums=(4,))
-      self._finalize = jax.pmap(self._finalize_impl)
-    elif mesh is not None:
-      self.axis_name = mesh.axis_names[0]
-      batch, rep = PartitionSpec(self.axis_name), PartitionSpec()
-      carry = (batch,) * 4
-      per_device = lambda fn, in_specs, out_specs: jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
-      self._init = jax.jit(per_device(self._init_impl, (batch, rep), carry))
-      self._run = jax.jit(lambda score_fn, precond, c, start, length: per_device(
-          functools.partial(self._run_impl, length=length), (rep, rep, carry, rep), carry)(score_fn, precond, c, start),
-                          static_argnums=(4,))
-      self._finalize = jax.jit(per_device(self._finalize_impl, (carry,), batch))
-    else:
-      self._init = jax.jit(self._init_impl)
-      self._run = jax.jit(self._run_impl, static_argnums=(4,))
-      self._finalize = jax.jit(self._finalize_impl)
+    self.denoise, self.eps, self.pds_variant = denoise, eps, pds_variant
+    self.precondition_prior = pds_variant != 'corrector_only'
+    self.kappa = self.t_start / sde.T
+    self.run_sde = sde if self.kappa == 1 else sde.truncate(self.t_start)
+    self.run_eps = eps / self.kappa
 
   @property
   def num_steps(self) -> int:
-    return self.sde.N
+    return self.run_sde.N
 
-  def _init_impl(self, rng, preconditioner):
-    rng, step_rng = split(rng)
-    if rng.ndim == 2:  # per-sample keys: item i of the prior from key i
-      prior = jax.vmap(lambda key: self.sde.prior_sampling(key, self.shape[1:]))(step_rng)
-    else:
-      prior = self.sde.prior_sampling(step_rng, self.shape)
-    x = preconditioner.apply(prior)
-    return rng, x, x, jnp.full((1,), -1, jnp.int32)
+  def step_times(self) -> np.ndarray:
+    return np.linspace(self.run_sde.T, self.run_eps, self.num_steps, dtype=np.float32) * self.kappa
 
-  def _step(self, score_fn, preconditioner, carry, i):
-    rng, x, x_mean, first_bad = carry
-    t = jnp.linspace(self.sde.T, self.eps, self.sde.N)[i]
+  @property
+  def static_nfe(self) -> int:
+    evals = (self.predictor is not NonePredictor) + (self.corrector is not NoneCorrector) * self.n_steps
+    return self.num_steps * evals
+
+  def init(self, rng, x):
+    return PCState(rng, x, x)
+
+  def step(self, score_fn, preconditioner, state, i):
+    if self.kappa != 1:
+      score_fn = Partial(functools.partial(_rescaled_time_score, kappa=self.kappa), score_fn)
+    rng, x, x_mean = state
+    t = jnp.linspace(self.run_sde.T, self.run_eps, self.run_sde.N)[i]
     vec_t = jnp.ones(x.shape[0]) * t
-    corrector = self.corrector(self.sde, score_fn, self.snr, self.n_steps, preconditioner, self.axis_name)
-    predictor = self.predictor(self.sde, score_fn, self.probability_flow, preconditioner, self.pds_variant)
+    corrector = self.corrector(self.run_sde, score_fn, self.snr, self.n_steps, preconditioner, self.axis_name)
+    predictor = self.predictor(self.run_sde, score_fn, self.probability_flow, preconditioner, self.pds_variant)
     rng, step_rng = split(rng)
     x, x_mean = corrector.update_fn(step_rng, x, vec_t)
     rng, step_rng = split(rng)
     x, x_mean = predictor.update_fn(step_rng, x, vec_t)
-    finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(x_mean))
-    first_bad = jnp.where((first_bad < 0) & ~finite, i, first_bad)
-    return (rng, x, x_mean, first_bad), None
+    return PCState(rng, x, x_mean)
 
-  def _run_impl(self, score_fn, preconditioner, carry, start, length: int):
-    step = functools.partial(self._step, score_fn, preconditioner)
-    carry, _ = jax.lax.scan(step, carry, start + jnp.arange(length))
-    return carry
+  def output(self, state):
+    return state.x_mean if self.denoise else state.x
 
-  def _finalize_impl(self, carry):
-    _, x, x_mean, _ = carry
-    return self.inverse_scaler(x_mean if self.denoise else x)
-
-  def __call__(self, rng: jax.Array, score_fn: ScoreFn, preconditioner: Optional[Preconditioner] = None, *,
-               num_chunks: int = 1, progress: bool = False,
-               callback: Optional[Callable[[int, jax.Array], None]] = None,
-               x_init: Optional[jax.Array] = None) -> Tuple[jax.Array, int]:
-    """Draws one batch of samples.
-
-    Args:
-      rng: a PRNG key, or per-sample keys (B, 2) (required with `pmap=True`).
-      score_fn: s(x, t) for x of shape `shape` and t of shape (B,); any pure JAX function. A
-        `jax.tree_util.Partial` keeps its bound arrays (model weights) as jit arguments.
-      preconditioner: the PDS preconditioner (None = identity = score_sde's sampler).
-      num_chunks: run the N steps as this many jitted scans (samples are bit-identical for any value).
-      progress: show a tqdm bar over the steps.
-      callback: called as callback(steps_done, x_mean) after each chunk (snapshots).
-      x_init: the chain's starting state (`shape`) in place of the prior draw (initialization-aware
-        sampling starts from x_T ~ q_T); used as given, M is not applied to it.
-
-    Returns:
-      (samples after the inverse scaler, number of score evaluations).
-
-    Raises:
-      NonFiniteSampleError: if any state became NaN/Inf, with the first step where it did.
-    """
-    preconditioner = Preconditioner() if preconditioner is None else preconditioner
-    score_fn = _as_pytree_fn(score_fn)
-    n = self.sde.N
-    num_chunks = max(1, min(int(num_chunks), n))
-    bounds = np.linspace(0, n, num_chunks + 1).round().astype(int)
-    if self.pmap:
-      rng = self._per_device(rng)
-    if x_init is None:
-      carry = self._init(rng, preconditioner)
-    else:
-      if tuple(x_init.shape) != tuple(self.shape):
-        raise ValueError(f'x_init has shape {tuple(x_init.shape)}; the sampler draws {tuple(self.shape)}.')
-      if self.pmap:
-        x_init = x_init.reshape((rng.shape[0], -1) + tuple(self.shape[1:]))
-      first_bad = (rng.shape[0],) + self._first_bad_shape if self.pmap else self._first_bad_shape
-      carry = (rng, x_init, x_init, jnp.full(first_bad, -1, jnp.int32))
-    bar = None
-    if progress:
-      from tqdm.auto import tqdm
-      bar = tqdm(total=n, desc='sampling', unit='step', leave=False)
-    try:
-      for start, stop in zip(bounds[:-1], bounds[1:]):
-        carry = self._run(score_fn, preconditioner, carry, jnp.int32(start), int(stop - start))
-        if bar is not None:
-          jax.block_until_ready(carry[1])
-          bar.update(int(stop - start))
-        if callback is not None:
-          callback(int(stop), carry[2])
-    finally:
-      if bar is not None:
-        bar.close()
-    samples = self._finalize(carry)
-    if self.pmap:
-      samples = samples.reshape(self.shape)
-    bad = np.asarray(carry[3]).ravel()  # one entry per device
-    first_bad = int(bad[bad >= 0].min()) if np.any(bad >= 0) else -1
-    if first_bad >= 0:
-      t = float(np.linspace(self.sde.T, self.eps, n, dtype=np.float32)[first_bad])
-      raise NonFiniteSampleError(first_bad, t, n)
-    if not bool(jnp.all(jnp.isfinite(samples))):
-      raise NonFiniteSampleError(n - 1, self.eps, n)
-    return samples, self.nfe
+  def snapshot(self, state):
+    return state.x_mean
 
 
-  def _per_device(self, keys: jax.Array) -> jax.Array:
-    """Per-sample keys (B, 2) -> (devices, B / devices, 2) for the pmap path."""
-    d = jax.local_device_count()
-    if keys.ndim != 2 or keys.shape[0] != self.shape[0]:
-      raise ValueError(f'the pmap sampler needs per-sample keys of shape ({self.shape[0]}, 2), got {keys.shape}.')
-    if self.shape[0] % d:
-      raise ValueError(f'batch size {self.shape[0]} is not divisible by the {d} local devices.')
-    return keys.reshape((d, self.shape[0] // d) + keys.shape[1:])
+class PCSampler(Sampler):
+  """The PC method under the driver, with score_sde's `get_pc_sampler` arguments.
+
+  Called as sampler(rng, score_fn, preconditioner, num_chunks=, progress=, callback=, x_init=)
+  (`pds_jax.driver.Sampler`); `rng` is one key (score_sde's stream) or per-sample keys (B, 2).
+  """
+
+  def __init__(self, sde: sde_lib.SDE, shape, predictor='reverse_diffusion', corrector='langevin',
+               inverse_scaler: Callable = lambda x: x, snr: float = 0.16, n_steps: int = 1,
+               probability_flow: bool = False, denoise: bool = True, eps: float = 1e-3,
+               pds_variant: str = 'official', axis_name: Optional[str] = None, pmap: bool = False,
+               mesh: Optional[jax.sharding.Mesh] = None):
+    solver = PCSolver(sde, predictor, corrector, snr, n_steps, probability_flow, denoise, eps, pds_variant)
+    solver.axis_name = axis_name
+    super().__init__(solver, shape, inverse_scaler, pmap=pmap, mesh=mesh)
+
+  @property
+  def nfe(self) -> int:
+    return self.solver.static_nfe
 
 
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
@@ -512,21 +416,182 @@ def pds_schedule(config, sde: sde_lib.SDE, eps: float) -> Tuple[sde_lib.SDE, flo
   return sde.with_num_scales(n), eps * k
 
 
+# ----------------------------------------------------------------------------- get_sampling_fn
+
+_METHODS = {}
+register_method = registry_decorator(_METHODS, 'sampling method')
+# Steps of the fixed-step methods when sampling.num_steps is unset (EDM's 18 nodes for Heun).
+DEFAULT_NUM_STEPS = {'heun': 18, 'euler': 35, 'ancestral': 35, 'dpm_solver': 20}
+INIT_AWARE = 'init_aware'
+
+
+def get_method(name: str) -> Callable:
+  if name not in _METHODS:
+    raise ValueError(f'config.sampling.method = {name!r}; choose one of {sorted(_METHODS) + [INIT_AWARE]}.')
+  return _METHODS[name]
+
+
+class Plan(NamedTuple):
+  """A method's resolved settings: the config's sampling fields after the init_aware alias."""
+  method: str
+  num_steps: Optional[int]
+  rho: float
+  sigma_min: Optional[float]  # σ-grid methods: the last noise level (None: σ(eps) of the SDE)
+  eps_scaled_by_speed_up: bool
+
+
+def _plan(config) -> Plan:
+  s = config.sampling
+  method = s.method.lower()
+  if method == INIT_AWARE:  # today's init-aware sampler: init_sampler on the Karras grid from σ_T
+    return Plan(s.init_sampler.lower(), int(s.init_nodes), float(s.init_rho), float(s.init_sigma_min), False)
+  get_method(method)
+  num_steps = s.num_steps if s.num_steps is None else int(s.num_steps)
+  if num_steps is not None and num_steps < 1:
+    raise ValueError(f'config.sampling.num_steps = {num_steps} must be >= 1.')
+  return Plan(method, num_steps, float(s.rho), None, num_steps is None)
+
+
+class Start(NamedTuple):
+  """Where a run starts: the SDE time of x_T and its EDM noise level (T and σ(T), or t(σ_T) and σ_T)."""
+  t: float
+  sigma: float
+
+
+def _sigma_grid(sde: sde_lib.SDE, plan: Plan, config, eps: float, start: Start) -> np.ndarray:
+  """The Karras grid from σ(t_start) to σ_min with num_steps nodes, then 0 when noise_removal."""
+  nodes = plan.num_steps or DEFAULT_NUM_STEPS[plan.method]
+  sigma_min = plan.sigma_min if plan.sigma_min is not None else float(sde.edm_sigma(np.float64(eps)))
+  if nodes < 2:
+    raise ValueError(f'config.sampling.num_steps = {nodes}: the {plan.method} grid needs >= 2 nodes.')
+  return edm.karras_sigmas(start.sigma, sigma_min, nodes, plan.rho, append_zero=bool(config.sampling.noise_removal))
+
+
+def truncated_num_steps(num_steps: int, t_start: float, eps: float, T: float = 1.) -> int:
+  """The PC steps on [eps, t_start] with the spacing of num_steps steps on [eps, T]: round((N - 1)(t - eps)/(T - eps)) + 1."""
+  return max(1, int(round((num_steps - 1) * (t_start - eps) / (T - eps))) + 1)
+
+
+@register_method(name='pc')
+def _pc(config, sde: sde_lib.SDE, plan: Plan, eps: float, start: Start) -> Solver:
+  s = config.sampling
+  if plan.num_steps is not None:  # N set directly: score_sde's eps
+    run_sde, run_eps = sde.with_num_scales(plan.num_steps), eps
+  else:  # PDS's speed_up k: N = num_scales / k, eps · k; from an init, the same spacing in t
+    run_sde, run_eps = pds_schedule(config, sde, eps)
+    run_sde = run_sde.with_num_scales(truncated_num_steps(run_sde.N, start.t, run_eps, sde.T))
+  return PCSolver(run_sde, s.predictor.lower(), s.corrector.lower(), s.snr, s.n_steps_each, s.probability_flow,
+                  s.noise_removal, run_eps, s.pds_variant, start.t)
+
+
+@register_method(name='ode')
+def _ode(config, sde, plan, eps, start):
+  s = config.sampling
+  return ode.ODESolver(sde, eps, start.t, s.ode_rtol, s.ode_atol, s.ode_method, s.noise_removal)
+
+
+@register_method(name='euler')
+def _euler(config, sde, plan, eps, start):
+  return edm.EulerSolver(sde, _sigma_grid(sde, plan, config, eps, start))
+
+
+@register_method(name='heun')
+def _heun(config, sde, plan, eps, start):
+  return edm.HeunSolver(sde, _sigma_grid(sde, plan, config, eps, start))
+
+
+@register_method(name='ancestral')
+def _ancestral(config, sde, plan, eps, start):
+  return edm.AncestralSolver(sde, _sigma_grid(sde, plan, config, eps, start))
+
+
+@register_method(name='dpm_solver')
+def _dpm_solver(config, sde, plan, eps, start):
+  s = config.sampling
+  variants = {'dpm_solver': dpm_solver.DPMSolver, 'dpm_solver++': dpm_solver.DPMSolverPP}
+  if s.dpm_solver_variant not in variants:
+    raise ValueError(f'config.sampling.dpm_solver_variant = {s.dpm_solver_variant!r}; choose one of '
+                     f'{sorted(variants)}.')
+  return variants[s.dpm_solver_variant](sde, _sigma_grid(sde, plan, config, eps, start), s.solver_order)
+
+
+def _load_init(kind: str, config, sde: sde_lib.SDE, shape, workdir: Optional[str]) -> Tuple[object, Start]:
+  """(q_T, Start(t(σ_T), σ_T)) of init `kind` from the fit_init folder, or (None, Start(T, σ(T))) for the prior."""
+  sigma_max = float(sde.edm_sigma(np.float64(sde.T)))
+  if kind == store.PRIOR:
+    return None, Start(sde.T, sigma_max)
+  folder = store.init_folder(config, workdir or '.')
+  init, sigma_t = store.load_init(folder, kind, tuple(shape[1:]))
+  if not sigma_t <= sigma_max * (1 + 1e-6):
+    raise ValueError(f'{os.path.join(folder, "init.json")}: sigma_T = {sigma_t} exceeds the largest noise level '
+                     f'{sigma_max:.6g} of the model\'s {type(sde).__name__}.')
+  return init, Start(min(float(sde.edm_time(np.float64(sigma_t))), sde.T), sigma_t)
+
+
+class SamplingFn:
+  """What `get_sampling_fn` returns: fn(rng, score_fn, progress=False, callback=None) -> (samples, nfe).
+
+  Attributes: `sampler` (the driver), `preconditioner`, `settings` (the resolved method settings
+  for run.json / report.json) and `nfe` (score evaluations per sample; None for the adaptive ODE
+  until it ran, then the mean of its last call).
+  """
+
+  def __init__(self, sampler: Sampler, preconditioner: Preconditioner, num_chunks: int, settings: Dict):
+    self.sampler, self.preconditioner, self.num_chunks, self.settings = sampler, preconditioner, num_chunks, settings
+    self.nfe = sampler.solver.static_nfe
+
+  def __call__(self, rng: jax.Array, score_fn: ScoreFn, progress: bool = False,
+               callback: Optional[Callable] = None, x_init: Optional[jax.Array] = None):
+    samples, self.nfe = self.sampler(rng, score_fn, self.preconditioner, num_chunks=self.num_chunks,
+                                     progress=progress, callback=callback, x_init=x_init)
+    return samples, self.nfe
+
+
 def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, eps: float,
                     preconditioner: Optional[Preconditioner] = None, axis_name: Optional[str] = None,
-                    pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None):
-  """score_sde/PDS's `get_sampling_fn`: a function rng, score_fn -> (samples, nfe).
+                    pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None,
+                    workdir: Optional[str] = None) -> SamplingFn:
+  """score_sde/PDS's `get_sampling_fn` for every method of `config.sampling.method`.
 
-  `sde` and `eps` are score_sde's (N = model.num_scales); `config.sampling.speed_up` k then sets
-  N = int(num_scales / k) and eps · k as the official PDS code does. Only `sampling.method = 'pc'`
-  is a sampler of this module.
+  `sde` and `eps` are score_sde's (N = model.num_scales). Methods (config.sampling fields):
+    pc          predictor, corrector, snr, n_steps_each, probability_flow, pds_variant; N steps from
+                num_steps (eps kept) or PDS's speed_up k (N = int(num_scales / k), eps · k).
+    ode         score_sde's probability-flow sampler: diffrax ode_method, ode_rtol, ode_atol.
+    euler, heun, ancestral   EDM's σ-grid samplers: num_steps Karras nodes (rho) from σ(T) to σ(eps).
+    dpm_solver  dpm_solver_variant ('dpm_solver': singlestep, 'dpm_solver++': multistep) of
+                solver_order 1/2/3 on the same grid.
+    init_aware  the alias of the earlier init-aware sampler: init_sampler on init_nodes Karras nodes
+                (init_rho) from σ_T to init_sigma_min, init from sampling.init.
+  sampling.init: 'prior' (the SDE's prior at T), or a q_T fitted by --mode fit_init
+  ('spectral_gaussian', 'flow', 'gaussian', 'empirical'), loaded from sampling.init_path
+  (default <workdir>/init), for every method. noise_removal: the final denoising step.
+  PDS (a non-identity `preconditioner`) applies to 'pc' and 'ancestral' and is refused elsewhere.
+
+  Raises:
+    ValueError naming the field for any invalid setting, before anything is compiled.
   """
-  method = config.sampling.method.lower()
-  if method != 'pc':
-    raise ValueError(f"config.sampling.method = {config.sampling.method!r}: this sampler supports 'pc'.")
-  sde, eps = pds_schedule(config, sde, eps)
-  sampler = get_pc_sampler(sde, shape, config.sampling.predictor.lower(), config.sampling.corrector.lower(),
-                           inverse_scaler, config.sampling.snr, config.sampling.n_steps_each,
-                           config.sampling.probability_flow, config.sampling.noise_removal, eps,
-                           config.sampling.pds_variant, axis_name, pmap, mesh)
-  return functools.partial(sampler, preconditioner=preconditioner, num_chunks=config.sampling.num_chunks)
+  s = config.sampling
+  plan = _plan(config)
+  kind = store.init_kind(config)
+  init, start = _load_init(kind, config, sde, shape, workdir)
+  solver = get_method(plan.method)(config, sde, plan, eps, start)
+  preconditioner = Preconditioner() if preconditioner is None else preconditioner
+  solver.check_preconditioner(preconditioner)
+  solver.axis_name = axis_name
+  sampler = Sampler(solver, shape, inverse_scaler, init=init, pmap=pmap, mesh=mesh)
+  settings = {'method': plan.method, 'sde': type(sde).__name__, 'num_steps': solver.num_steps,
+              'nfe': solver.static_nfe, 'init': kind,
+              'sigma_t': None if init is None else start.sigma, 'pds_variant': s.pds_variant,
+              'preconditioned': not preconditioner.is_identity}
+  if plan.method == 'pc':
+    settings.update(eps=solver.eps, predictor=s.predictor, corrector=s.corrector, snr=s.snr,
+                    n_steps_each=s.n_steps_each, speed_up=s.speed_up if plan.eps_scaled_by_speed_up else None)
+  elif plan.method == 'ode':
+    settings.update(eps=solver.eps, ode_method=s.ode_method, ode_rtol=s.ode_rtol, ode_atol=s.ode_atol)
+  else:
+    settings.update(rho=plan.rho, sigma_max=float(solver.sigmas[0]), sigma_min=float(solver.sigmas[solver.sigmas > 0][-1]))
+    if plan.method == 'dpm_solver':
+      settings.update(solver_order=s.solver_order, dpm_solver_variant=s.dpm_solver_variant)
+  if s.method.lower() == INIT_AWARE:
+    settings['alias'] = INIT_AWARE
+  return SamplingFn(sampler, preconditioner, s.num_chunks, settings)

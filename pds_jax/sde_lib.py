@@ -9,7 +9,7 @@ function of its arguments, so an SDE can be closed over inside `jax.jit`, `pmap`
 from __future__ import annotations
 
 import abc
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,29 @@ class SDE(abc.ABC):
   @abc.abstractmethod
   def with_num_scales(self, N: int) -> 'SDE':
     """The same SDE discretised with N steps (PDS's `speed_up` builds the SDE with N / k)."""
+
+  @abc.abstractmethod
+  def truncate(self, t_end: float, N: Optional[int] = None) -> 'SDE':
+    """The same process on [0, t_end], with time rescaled to [0, 1]: its t' is this SDE's t_end · t'.
+
+    A sampler started at t_end (from an init-aware x_T) is the plain sampler of this SDE with the
+    model queried at t = t_end · t'. N defaults to this SDE's.
+    """
+
+  # The EDM view (Karras et al. 2022, eq. 4): x_t = m(t) (x_0 + σ(t) ε), so x̃ = x / m(t) is a VE
+  # variable with noise level σ(t) and score m s(m x̃, t). The fast solvers step in x̃ and σ.
+
+  def edm_scale(self, t: jax.Array) -> jax.Array:
+    """m(t), the mean coefficient of p_t(x | x_0) (1 for VE)."""
+    return self.marginal_prob(jnp.ones_like(t), t)[0]
+
+  @abc.abstractmethod
+  def edm_sigma(self, t: jax.Array) -> jax.Array:
+    """σ(t) = std(t) / m(t), the noise level of x̃ = x / m(t)."""
+
+  @abc.abstractmethod
+  def edm_time(self, sigma: jax.Array) -> jax.Array:
+    """The time t with edm_sigma(t) = σ (the inverse of `edm_sigma`)."""
 
   def discretize(self, x: jax.Array, t: jax.Array) -> Tuple[jax.Array, jax.Array]:
     """Euler–Maruyama discretisation x_{i+1} = x_i + f_i(x_i) + G_i z_i; returns (f, G)."""
@@ -100,6 +123,11 @@ class ReverseSDE:
     return rev_f, rev_G
 
 
+def _xp(x):
+  """numpy for host scalars/arrays (float64 grids), jax.numpy for traced or device arrays."""
+  return jnp if isinstance(x, jax.Array) else np
+
+
 def _standard_normal_logp(z: jax.Array, var: float = 1.) -> jax.Array:
   """log N(z; 0, var I) for each item of the batch z."""
   n = np.prod(z.shape[1:])
@@ -127,6 +155,17 @@ class _BetaSDE(SDE):
   def with_num_scales(self, N: int) -> '_BetaSDE':
     return type(self)(self.beta_0, self.beta_1, N)
 
+  def truncate(self, t_end: float, N: Optional[int] = None) -> '_BetaSDE':
+    """β'(t') = t_end β(t_end t') is again linear: β'_0 = t_end β_0, β'_1 = t_end β_0 + t_end² (β_1 - β_0)."""
+    beta_max = t_end * self.beta_0 + t_end ** 2 * (self.beta_1 - self.beta_0)
+    return type(self)(t_end * self.beta_0, beta_max, self.N if N is None else N)
+
+  def edm_time(self, sigma):
+    """Solves ¼ Δβ t² + ½ β_0 t = -log m(σ) for t ≥ 0 (EDM's `vp_sigma_inv`), as 2c / (b + sqrt(b² + 4ac))."""
+    xp = _xp(sigma)
+    a, b, c = 0.25 * (self.beta_1 - self.beta_0), 0.5 * self.beta_0, -xp.log(self._scale_of_sigma(sigma))
+    return 2 * c / (b + xp.sqrt(b ** 2 + 4 * a * c))
+
   def _log_mean_coeff(self, t):
     return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
 
@@ -149,6 +188,15 @@ class VPSDE(_BetaSDE):
     mean = batch_mul(jnp.exp(log_mean_coeff), x)
     std = jnp.sqrt(1 - jnp.exp(2. * log_mean_coeff))
     return mean, std
+
+  def edm_sigma(self, t):
+    """σ = sqrt(1 - m²) / m = sqrt(expm1(-2 log m))."""
+    xp = _xp(t)
+    return xp.sqrt(xp.expm1(-2. * self._log_mean_coeff(t)))
+
+  @staticmethod
+  def _scale_of_sigma(sigma):
+    return 1. / _xp(sigma).sqrt(1 + sigma ** 2)
 
   def discretize(self, x, t):
     """DDPM discretisation: f = sqrt(α_i) x - x, G = sqrt(β_i)."""
@@ -179,6 +227,15 @@ class subVPSDE(_BetaSDE):
     std = 1 - jnp.exp(2. * log_mean_coeff)
     return mean, std
 
+  def edm_sigma(self, t):
+    """σ = (1 - m²) / m = -2 sinh(log m)."""
+    return -2. * _xp(t).sinh(self._log_mean_coeff(t))
+
+  @staticmethod
+  def _scale_of_sigma(sigma):
+    """m solving (1 - m²) / m = σ."""
+    return 0.5 * (_xp(sigma).sqrt(sigma ** 2 + 4) - sigma)
+
 
 
 class VESDE(SDE):
@@ -198,6 +255,17 @@ class VESDE(SDE):
 
   def with_num_scales(self, N: int) -> 'VESDE':
     return type(self)(self.sigma_min, self.sigma_max, N)
+
+  def truncate(self, t_end: float, N: Optional[int] = None) -> 'VESDE':
+    """σ'(t') = σ(t_end t') = σ_min (σ(t_end) / σ_min)^{t'}: the VESDE from σ_min to σ(t_end)."""
+    sigma_end = float(self.sigma_min * (self.sigma_max / self.sigma_min) ** t_end)
+    return type(self)(self.sigma_min, sigma_end, self.N if N is None else N)
+
+  def edm_sigma(self, t):
+    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def edm_time(self, sigma):
+    return _xp(sigma).log(sigma / self.sigma_min) / np.log(self.sigma_max / self.sigma_min)
 
   def sde(self, x, t):
     sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** t

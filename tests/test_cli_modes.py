@@ -79,13 +79,24 @@ def test_fit_init_then_init_aware_sampling_with_pds(tmp_path):
   # the spectral init is the exact p_T of Gaussian data: far better than N(0, σ_T² I) on held-out data
   assert manifest['spectral_gaussian']['val_nll_per_dim'] < manifest['gaussian_baseline']['val_nll_per_dim'] - 1.
   assert 'validation NLL' in out
+  # the init_aware alias with its PC sampler: PDS applies to the stochastic sampler after the init
   _main(*GAUSSIAN_16, '--mode=compare', f'--workdir={tmp_path}', '--config.sampling.method=init_aware',
-        '--config.sampling.init_nodes=10')
+        '--config.sampling.init_sampler=pc', '--config.sampling.init_nodes=10')
   report = json.loads((tmp_path / 'compare' / 'report.json').read_text())
   assert report['pds']['settings']['preconditioned'] and report['vanilla']['settings']['init'] == 'spectral_gaussian'
-  assert report['vanilla']['nfe_per_sample'] == 19  # 9 Heun steps + the last Euler step to σ = 0
+  assert report['vanilla']['nfe_per_sample'] == 20 and report['vanilla']['settings']['method'] == 'pc'
   floor = report['noise_floor']['frechet_distance']
   assert report['vanilla']['metrics']['frechet_distance'] < 10 * floor + 1.
+  # any method from the init; EDM Heun (9 Heun steps + the last Euler step to σ = 0), without PDS masks
+  _main(*GAUSSIAN_16, '--mode=sample', f'--workdir={tmp_path}', '--config.sampling.method=heun',
+        '--config.sampling.init=spectral_gaussian', '--config.sampling.num_steps=10', '--eval_folder=heun')
+  report = json.loads((tmp_path / 'heun' / 'report.json').read_text())
+  assert report['nfe_per_sample'] == 19 and report['settings']['sigma_t'] == manifest['sigma_t']
+  assert report['metrics']['frechet_distance'] < 10 * floor + 1.
+  # compare's PDS run with a deterministic solver is refused before anything is sampled
+  proc = _main(*GAUSSIAN_16, '--mode=compare', f'--workdir={tmp_path}', '--config.sampling.method=init_aware',
+               '--eval_folder=refused', check=False)
+  assert proc.returncode == 2 and 'deterministic ODE solver' in proc.stderr and not (tmp_path / 'refused').exists()
 
 
 def test_init_aware_errors_name_the_problem(tmp_path):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from pds_jax import sde_lib
-from pds_jax.init_aware import edm, toy_score, toys
+from pds_jax.init_aware import toy_score, toys
 
 SDE = sde_lib.VESDE(2e-4, 3., 1000)
 # Two well-separated Gaussian modes in 2-D: the noised score is exact (toys.GaussianMixture).
@@ -23,7 +23,7 @@ def trained():
 def _relative_error(score_fn, sigma: float) -> float:
   x0 = TARGET.sample(jax.random.PRNGKey(1), 2000)
   x = x0 + sigma * jax.random.normal(jax.random.PRNGKey(2), x0.shape)
-  t = edm.sigma_to_time(SDE, jnp.full((2000,), sigma))[0]
+  t = SDE.edm_time(jnp.full((2000,), sigma))
   exact = TARGET.noised_score(x, sigma)
   return float(jnp.sum((score_fn(x, t) - exact) ** 2) / jnp.sum(exact ** 2))
 

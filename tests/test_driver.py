@@ -1,0 +1,209 @@
+"""Tests for pds_jax.driver (the one sampling driver) and `sampling.get_sampling_fn`'s dispatch:
+every method gets chunked runs, snapshots, NaN detection with the step, per-sample keys, device
+independence and the same NFE accounting."""
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from pds_jax import dpm_solver, edm, gaussian, init_aware, ode, sampling, sde_lib
+from pds_jax.driver import NonFiniteSampleError, Sampler
+from pds_jax.init_aware import inits, store
+from pds_jax.preconditioning import Preconditioner
+
+SHAPE = (4, 8, 8, 2)
+REF = gaussian.GaussianReference.power_law(SHAPE[1:], mean=0.3, pixel_std=0.5)
+SDE = sde_lib.VESDE(0.01, 10., 12)
+GRID = edm.karras_sigmas(10., float(SDE.edm_sigma(np.float64(1e-5))), 6, 7.)
+
+
+def _solvers():
+  """One small instance of every method on SDE (x_T from the prior)."""
+  return {'pc': sampling.PCSolver(SDE, eps=1e-5), 'ode': ode.ODESolver(SDE, 1e-5, rtol=1e-3, atol=1e-3),
+          'euler': edm.EulerSolver(SDE, GRID), 'heun': edm.HeunSolver(SDE, GRID),
+          'ancestral': edm.AncestralSolver(SDE, GRID), 'dpm_solver': dpm_solver.DPMSolver(SDE, GRID, 3),
+          'dpm_solver++': dpm_solver.DPMSolverPP(SDE, GRID, 2)}
+
+
+@pytest.mark.parametrize('name', sorted(_solvers()))
+def test_chunked_runs_are_bit_identical_and_snapshot_between_chunks(name):
+  solver = _solvers()[name]
+  sampler = Sampler(solver, SHAPE)
+  keys = sampling.sample_keys(0, 0, SHAPE[0])
+  whole, nfe = sampler(keys, REF.score_fn(SDE))
+  seen = []
+  chunked, nfe2 = sampler(keys, REF.score_fn(SDE), num_chunks=3, progress=True,
+                          callback=lambda step, x: seen.append((step, x.shape)))
+  np.testing.assert_array_equal(whole, chunked)
+  assert nfe == nfe2 and nfe > 0
+  assert seen[-1][0] == solver.num_steps and all(s == SHAPE for _, s in seen)
+  assert len(seen) == min(3, solver.num_steps)
+  if solver.static_nfe is not None:
+    assert nfe == solver.static_nfe
+
+
+@pytest.mark.parametrize('name', sorted(_solvers()))
+def test_non_finite_states_are_reported_with_their_step(name):
+  solver = _solvers()[name]
+  threshold = 0.5
+
+  def exploding_score(x, t):
+    return jnp.where(t[:, None, None, None] < threshold, jnp.inf, REF.score(x, t, SDE))
+
+  with pytest.raises(NonFiniteSampleError, match=re.escape(name) + ': .* at step') as info:
+    Sampler(solver, SHAPE)(sampling.sample_keys(0, 0, SHAPE[0]), exploding_score)
+  times = solver.step_times()
+  first = int(np.argmax(times < threshold))  # the first step that starts below the threshold
+  # a step that evaluates ahead (Heun's correction, DPM-Solver's stages, the ODE's solve) fails one step earlier
+  assert info.value.step in (first - 1, first), (info.value.step, times)
+
+
+def test_pc_per_sample_keys_make_a_sample_independent_of_its_batch_for_every_noise_draw():
+  """Only the Langevin step size couples samples (a batch mean); without the corrector nothing does."""
+  solver = sampling.PCSolver(SDE, 'reverse_diffusion', 'none', eps=1e-5)
+  keys = sampling.sample_keys(3, 0, 4)
+  full, _ = Sampler(solver, SHAPE)(keys, REF.score_fn(SDE))
+  part, _ = Sampler(solver, (2,) + SHAPE[1:])(keys[2:], REF.score_fn(SDE))
+  np.testing.assert_allclose(full[2:], part, rtol=0, atol=1e-5)
+
+
+def test_an_init_is_drawn_per_sample_at_sigma_t_and_mapped_to_the_sde_variable():
+  vp = sde_lib.VPSDE(N=12)
+  init = inits.SpectralGaussianInit.from_images(np.asarray(REF.sample(jax.random.PRNGKey(0), 200)), 1.5)
+  t_start = float(vp.edm_time(np.float64(1.5)))
+  solver = edm.HeunSolver(vp, edm.karras_sigmas(1.5, 0.05, 4, 7., append_zero=False))
+  assert solver.t_start == pytest.approx(t_start)
+  keys = sampling.sample_keys(1, 0, 4)
+  seen = []
+  Sampler(solver, SHAPE, init=init)(keys, REF.score_fn(vp), callback=lambda step, x: seen.append(x), num_chunks=3)
+  # the driver draws x̃_T ~ q_T with key i for item i and hands the solver x = m(t_T) x̃_T
+  x_t = jax.vmap(lambda k: init.sample(k, 1)[0])(sampling.split(keys)[1])
+  state = solver.init(None, vp.edm_scale(jnp.float32(t_start)) * x_t)
+  np.testing.assert_allclose(state.x, x_t, rtol=1e-5, atol=1e-5)
+
+
+def test_sampler_takes_x_init_of_its_shape_only():
+  with pytest.raises(ValueError, match=r'x_init has shape \(2, 8, 8, 2\)'):
+    Sampler(_solvers()['heun'], SHAPE)(jax.random.PRNGKey(0), REF.score_fn(SDE), x_init=jnp.zeros((2, 8, 8, 2)))
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def test_every_method_gives_the_same_samples_on_one_and_four_devices(tmp_path):
+  script = textwrap.dedent('''
+      import sys; sys.path.insert(0, %r)
+      import jax, numpy as np
+      import test_driver as T
+      from pds_jax import parallel, sampling
+      from pds_jax.driver import Sampler
+      assert jax.local_device_count() == 4
+      keys = sampling.sample_keys(5, 8, 8)
+      out = {}
+      for name, solver in T._solvers().items():
+        runs = [Sampler(solver, (8,) + T.SHAPE[1:], **kw)(keys, T.REF.score_fn(T.SDE))
+                for kw in ({}, {'mesh': parallel.batch_mesh()}, {'pmap': True})]
+        out[name] = np.stack([np.asarray(r[0]) for r in runs])
+        out[name + '_nfe'] = np.array([r[1] for r in runs], np.float64)
+      np.savez(%r, **out)
+  ''' % (str(ROOT / 'tests'), str(tmp_path / 'out.npz')))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with np.load(tmp_path / 'out.npz') as f:
+    for name in _solvers():
+      single, sharded, pmapped = f[name]
+      scale = np.abs(single).max()
+      # only the PC Langevin step size (a batch mean, pmean over devices) sees reductions in another order
+      atol = 1e-5 * scale if name == 'pc' else 1e-6 * scale
+      np.testing.assert_allclose(sharded, single, rtol=0, atol=atol, err_msg=name)
+      np.testing.assert_allclose(pmapped, single, rtol=0, atol=atol, err_msg=name)
+      assert len(set(f[name + '_nfe'])) == 1, name
+
+
+# ----------------------------------------------------------------------------- get_sampling_fn
+
+
+def _config(method, **sampling_fields):
+  from configs.gaussian.natural_32 import get_config
+  config = get_config()
+  config.data.image_size = 8
+  config.model.num_scales = 100
+  config.sampling.method = method
+  config.sampling.num_chunks = 1
+  for k, v in sampling_fields.items():
+    setattr(config.sampling, k, v)
+  return config
+
+
+def _build(config, preconditioner=None, workdir=None, batch=4):
+  sde, eps = sde_lib.get_sde(config)
+  return sampling.get_sampling_fn(config, sde, (batch, 8, 8, 3), lambda x: x, eps, preconditioner, workdir=workdir)
+
+
+@pytest.mark.parametrize('method, fields, nfe', [
+    ('pc', {}, 200), ('pc', {'num_steps': 7}, 14), ('euler', {'num_steps': 5}, 5), ('heun', {'num_steps': 5}, 9),
+    ('heun', {}, 35), ('ancestral', {'num_steps': 6}, 6), ('dpm_solver', {'num_steps': 5, 'solver_order': 3}, 5),
+    ('dpm_solver', {'num_steps': 5, 'solver_order': 3, 'dpm_solver_variant': 'dpm_solver'}, 13),
+    ('dpm_solver', {'num_steps': 5, 'dpm_solver_variant': 'dpm_solver'}, 9),
+    ('dpm_solver', {'num_steps': 5, 'noise_removal': False}, 4), ('ode', {}, None)])
+def test_get_sampling_fn_dispatches_on_the_method(method, fields, nfe):
+  fn = _build(_config(method, **fields))
+  assert fn.settings['method'] == method and fn.nfe == nfe and fn.settings['nfe'] == nfe
+  if method != 'pc':
+    assert fn.settings['sigma_max'] == pytest.approx(25.) if method != 'ode' else fn.settings['ode_method'] == 'RK45'
+
+
+def test_get_sampling_fn_runs_every_method_on_a_vp_model():
+  reference = gaussian.GaussianReference.power_law((8, 8, 3), mean=-0.1, pixel_std=0.5)
+  for method in ('ode', 'heun', 'dpm_solver', 'ancestral'):
+    config = _config(method, num_steps=12)
+    config.training.sde = 'vpsde'
+    sde, _ = sde_lib.get_sde(config)
+    fn = _build(config)
+    samples, nfe = fn(sampling.sample_keys(0, 0, 4), reference.score_fn(sde))
+    assert samples.shape == (4, 8, 8, 3) and np.isfinite(np.asarray(samples)).all()
+    assert nfe == fn.nfe and (method == 'ode' or nfe == fn.settings['nfe'])
+    assert fn.settings['sde'] == 'VPSDE' and (method == 'ode' or fn.settings['sigma_max'] > 150)
+
+
+def test_get_sampling_fn_errors_name_the_field():
+  with pytest.raises(ValueError, match="sampling.method = 'dpm'"):
+    _build(_config('dpm'))
+  with pytest.raises(ValueError, match='num_steps = 0'):
+    _build(_config('heun', num_steps=0))
+  with pytest.raises(ValueError, match="dpm_solver_variant = 'unipc'"):
+    _build(_config('dpm_solver', dpm_solver_variant='unipc'))
+  with pytest.raises(ValueError, match="init = 'tarflow'"):
+    _build(_config('heun', init='tarflow'))
+  masks = Preconditioner(freq_mask=jnp.full((8, 8, 3), 1.2))
+  with pytest.raises(ValueError, match="'heun' is a deterministic ODE solver.*'pc' and 'ancestral'"):
+    _build(_config('heun'), masks)
+  assert _build(_config('ancestral'), masks).settings['preconditioned']
+
+
+def test_init_from_fit_init_folder_for_any_method(tmp_path):
+  config = _config('heun', init='spectral_gaussian', num_steps=6)
+  with pytest.raises(ValueError, match='init.json: not found.*fit_init'):
+    _build(config, workdir=str(tmp_path))
+  images = np.asarray(gaussian.GaussianReference.power_law((8, 8, 3)).sample(jax.random.PRNGKey(0), 100))
+  init = inits.SpectralGaussianInit.from_images(images, 2.)
+  store.save_init(str(tmp_path / 'init'), 'spectral_gaussian', init, 2., (8, 8, 3), {})
+  for method in ('heun', 'pc', 'ode', 'dpm_solver', 'ancestral'):
+    fn = _build(_config(method, init='spectral_gaussian', num_steps=6), workdir=str(tmp_path))
+    assert fn.settings['init'] == 'spectral_gaussian' and fn.settings['sigma_t'] == 2.
+    assert fn.sampler.solver.t_start == pytest.approx(np.log(2. / 0.01) / np.log(25. / 0.01))
+  assert _build(_config('heun', init='spectral_gaussian', num_steps=6), workdir=str(tmp_path)).settings['sigma_max'] == pytest.approx(2.)
+  # the init_aware alias: today's init-aware sampler (init 'prior' reads as the spectral Gaussian)
+  alias = _build(_config('init_aware', init_nodes=10), workdir=str(tmp_path))
+  assert alias.settings['method'] == 'heun' and alias.settings['alias'] == 'init_aware' and alias.nfe == 19
+  assert alias.settings['sigma_min'] == pytest.approx(0.002)
+  pc_alias = _build(_config('init_aware', init_sampler='pc', init_nodes=10), workdir=str(tmp_path))
+  assert pc_alias.settings['method'] == 'pc' and pc_alias.nfe == 20 and pc_alias.settings['eps'] == 1e-5
