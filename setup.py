@@ -18,6 +18,8 @@ setup(
         'jaxlib==0.10.2',
         'flax==0.12.8',
         'optax==0.2.8',
+        'diffrax==0.7.2',  # the probability-flow ODE (pds_jax.ode) and the likelihood's ODE
+        'equinox==0.13.8',
         'orbax-checkpoint==0.12.8',
         'ml_collections==1.1.0',
         'absl-py==2.5.1',
