@@ -12,7 +12,13 @@ Metrics, exact for this family:
   per-frequency log-variance error  sqrt(mean_k log²(v_k / λ_k)), v_k = sample variance of U x;
   Fréchet distance                  ‖m̂ - μ‖² + Σ_k (sqrt(v_k) - sqrt(λ_k))²,
 the 2-Wasserstein distance between N(μ, Σ) and the samples' Gaussian fit restricted to stationary
-covariances (diagonal in the same Fourier basis, so the matrix square root is elementwise).
+covariances (diagonal in the same Fourier basis, so the matrix square root is elementwise);
+  KL per dimension                  KL(N(m̂, v) ‖ N(μ, λ)) / D   (`kl_divergence` of the fit).
+The Fréchet distance weighs each frequency by its variance, so with a 1/|k|² spectrum a few low
+frequencies dominate it and its sampling noise: between independent sets of exact 64² draws its
+relative standard deviation was 6 % (256 draws) and 4 % (1000), against 0.6-1 % for the log-variance
+error and the KL, which weigh every frequency alike; differences of a few per cent between samplers
+are read off those two.
 """
 from __future__ import annotations
 
@@ -183,9 +189,11 @@ class MomentAccumulator:
       raise ValueError(f'samples of shape {shape} do not match the reference shape {reference.shape}.')
     mean, v = self.mean_and_variances()
     lam = np.asarray(reference.spectrum, np.float64)
+    fit = GaussianReference(mean=mean, spectrum=v)
     return {'log_variance_error': float(np.sqrt(np.mean(np.log(v / lam) ** 2))),
             'frechet_distance': float(np.sum((mean - np.asarray(reference.mean, np.float64)) ** 2)
-                                      + np.sum((np.sqrt(v) - np.sqrt(lam)) ** 2))}
+                                      + np.sum((np.sqrt(v) - np.sqrt(lam)) ** 2)),
+            'kl_per_dim': kl_divergence(fit, reference) / v.size}
 
 
 def metrics(samples, reference: GaussianReference) -> dict:

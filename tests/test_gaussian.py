@@ -90,3 +90,16 @@ def test_kl_divergence_matches_monte_carlo_and_vanishes_on_itself():
   assert gaussian.kl_divergence(p, q) == pytest.approx(mc, abs=4 * err + 1e-3)
   with pytest.raises(ValueError, match='shapes'):
     gaussian.kl_divergence(p, gaussian.GaussianReference.power_law((4, 4, 3)))
+
+
+def test_kl_per_dim_of_the_sample_fit_matches_the_closed_form():
+  ref = gaussian.GaussianReference.power_law((16, 16, 3))
+  c, shift = 1.5, 0.2  # samples of N(μ + shift, c Σ): KL per dim → ½ (c - 1 - log c) + shift² Σ_k|U 1|² / (2 D λ)
+  wide = gaussian.GaussianReference(ref.mean + shift, c * ref.spectrum)
+  got = gaussian.metrics(np.asarray(wide.sample(jax.random.PRNGKey(0), 4000)), ref)['kl_per_dim']
+  want = gaussian.kl_divergence(wide, ref) / ref.mean.size
+  assert want == pytest.approx(0.5 * (c - 1 - np.log(c)) + float(np.sum(
+      np.abs(np.fft.fft2(np.full((16, 16, 3), shift), axes=(0, 1))) ** 2 / 256 / np.asarray(ref.spectrum))) / 2 / 768)
+  assert got == pytest.approx(want, rel=0.05)
+  exact = gaussian.metrics(np.asarray(ref.sample(jax.random.PRNGKey(1), 4000)), ref)['kl_per_dim']
+  assert exact < 0.01 * want
