@@ -24,6 +24,7 @@ from pds_jax.preconditioning import Preconditioner
 
 GAUSSIAN_REFERENCE = 'gaussian_reference'
 MODES = ('train', 'sample', 'compare', 'convert', 'stats', 'eval', 'fit_init')
+SIGMA_T_RULES = ('principal', 'dip')
 
 
 # ----------------------------------------------------------------------------- files
@@ -492,7 +493,10 @@ def _noised(x0: jax.Array, sigma_t: float, seed: int) -> jax.Array:
 def fit_init(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   """Fits q_T ≈ p_T = data * N(0, σ_T² I) for init-aware sampling (config.sampling.init) and saves it.
 
-  Chooses σ_T with the dip-test procedure unless config.init_aware.sigma_t is set, fits the flow
+  Chooses σ_T unless config.init_aware.sigma_t is set — with init_aware.sigma_t_rule 'principal'
+  (default; `sigma_t.select_sigma_t_principal`: the smallest σ at which the closed-form q_T matches
+  held-out noised images along their leading principal directions) or 'dip' (the dip-test
+  unimodality onset of Fassina et al., which on images returns its lower bound) — fits the flow
   (maximum likelihood on noised data) or the closed-form spectral Gaussian on a seeded subset of
   the training images (in the model's data range), and prints the validation NLL per dimension and
   the init error (sliced Wasserstein to held-out noised data), next to N(0, σ_T² I)'s. Writes
@@ -506,6 +510,8 @@ def fit_init(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     raise ValueError(f'config.sampling.init = {s.init!r}; choose one of {(store.PRIOR,) + store.INITS}.')
   if not 0 < ia.val_fraction < 1:
     raise ValueError(f'config.init_aware.val_fraction = {ia.val_fraction} must lie in (0, 1).')
+  if ia.sigma_t_rule not in SIGMA_T_RULES:
+    raise ValueError(f'config.init_aware.sigma_t_rule = {ia.sigma_t_rule!r}; choose one of {SIGMA_T_RULES}.')
   shape = image_shape(config)
   if config.model.name == GAUSSIAN_REFERENCE:
     images = np.asarray(gaussian_reference(config).sample(jax.random.PRNGKey(config.seed + 4), ia.num_images))
@@ -517,7 +523,15 @@ def fit_init(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     raise ValueError(f'fit_init needs at least 3 training images; the dataset gave {len(images)}.')
   train_x0, val_x0 = images[:-num_val], images[-num_val:]
   info = {'num_train': len(train_x0), 'num_val': num_val}
-  if ia.sigma_t is None:
+  if ia.sigma_t is None and ia.sigma_t_rule == 'principal':
+    sigma_t, curve = st.select_sigma_t_principal(train_x0, config.seed + 5, num_directions=ia.num_principal_directions,
+                                                 tolerance=ia.sigma_t_tolerance, bounds=tuple(ia.sigma_t_bounds))
+    info['sigma_t_rule'] = {'rule': 'principal', 'tolerance': ia.sigma_t_tolerance, **curve}
+    excess = curve['excess'][curve['sigma'].index(sigma_t)]
+    print(f'sigma_T = {sigma_t:.4g}: from there on the spectral q_T is within {ia.sigma_t_tolerance} (W1 / std, '
+          f'beyond the floor; {excess:+.4f} at sigma_T) of the noised images along their '
+          f'{ia.num_principal_directions} leading principal directions')
+  elif ia.sigma_t is None:
     sigma_t, onsets = st.select_sigma_t(train_x0, jax.random.PRNGKey(config.seed + 5), ia.num_directions,
                                         alpha=ia.dip_alpha / ia.num_directions, bounds=tuple(ia.sigma_t_bounds))
     info['sigma_t_onsets'] = {'num_directions': len(onsets), 'median': float(np.median(onsets)),

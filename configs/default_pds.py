@@ -117,10 +117,14 @@ def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
       init_sigma_min (init_nodes nodes, ρ = init_rho, then 0), or 'pc' (init_nodes steps), from
       sampling.init ('prior' reads as 'spectral_gaussian').
   config.init_aware (used by --mode fit_init):
-    sigma_t: σ_T in the model's data range (None: choose it with the dip-test procedure on
-      num_directions random directions within sigma_t_bounds; a projection counts as multimodal
-      when its dip-test p-value is below dip_alpha / num_directions (Bonferroni: with the
-      official z-score rule one of many directions of unimodal data misfires and sets σ_T).
+    sigma_t: σ_T in the model's data range (None: choose it within sigma_t_bounds with
+      sigma_t_rule). sigma_t_rule 'principal' (images): the smallest σ from which on the closed-form
+      q_T is within sigma_t_tolerance (W1 / std beyond the finite-sample floor) of the noised
+      images along their num_principal_directions leading principal directions; 'dip': the
+      dip-test procedure of Fassina et al. on num_directions random directions, a projection
+      counting as multimodal when its p-value is below dip_alpha / num_directions (Bonferroni: with
+      the official z-score rule one of many directions of unimodal data misfires and sets σ_T); on
+      images it returns its lower bound, random projections being Gaussian.
     num_images: training images the init is fitted on (a seeded subset; val_fraction held out).
     flow_type, regime, epochs, batch_size, lr (None: the flow's default), tarflow.*, coupling.*:
       the flow for init = 'flow' (TarFlow's data_scale None means 2 σ_T, the paper's 7 → 14).
@@ -135,6 +139,9 @@ def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
   config.init_aware = ia = ml_collections.ConfigDict()
   ia.sigma_t = config_dict.placeholder(float)
   ia.sigma_t_bounds = (0.1, 20.)
+  ia.sigma_t_rule = 'principal'
+  ia.sigma_t_tolerance = 0.05
+  ia.num_principal_directions = 16
   ia.num_directions = 64
   ia.dip_alpha = 0.05
   ia.num_images = 4096

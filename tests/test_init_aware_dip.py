@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pds_jax import gaussian
 from pds_jax.init_aware import dip, sigma_t, toys
 
 # Reference dips from the `diptest` package 0.12.0 (a port of R's diptest C code, AS 217 with
@@ -106,3 +107,46 @@ def test_select_sigma_t_rejects_bad_arguments(kwargs, match):
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     sigma_t.select_sigma_t(**args)
+
+
+# ----------------------------------------------------------------------------- σ_T for images
+
+
+def _two_cluster_images(separation: float, n: int = 1500, seed: int = 0) -> np.ndarray:
+  """8×8×3 images μ ± separation · u + 0.05 ε: two clusters along one smooth unit pattern u."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:8, :8] / 8.
+  u = np.stack([np.cos(np.pi * xx), np.sin(np.pi * yy), xx * yy], -1)
+  u /= np.linalg.norm(u)
+  signs = rng.choice([-1., 1.], size=n)[:, None, None, None]
+  return (0.5 + separation * signs * u + 0.05 * rng.standard_normal((n, 8, 8, 3))).astype(np.float32)
+
+
+def test_principal_rule_scales_with_the_cluster_separation_and_leaves_gaussian_data_alone():
+  picks = {}
+  for separation in (1., 2.):
+    x = _two_cluster_images(separation)
+    picks[separation], curve = sigma_t.select_sigma_t_principal(x, tolerance=0.05, bounds=(0.05, 20.))
+    i = curve['sigma'].index(picks[separation])
+    assert max(curve['excess'][i:]) <= 0.05 < curve['excess'][i - 1]
+  assert 1. < picks[1.] < 2.5 and 1.7 < picks[2.] / picks[1.] < 2.6, picks  # measured 1.62 and 3.51
+  gauss = gaussian.GaussianReference.power_law((8, 8, 3)).sample(jax.random.PRNGKey(0), 1500)
+  sigma, curve = sigma_t.select_sigma_t_principal(np.asarray(gauss), bounds=(0.05, 20.))
+  assert sigma == curve['sigma'][0] == pytest.approx(0.05)  # q_T is exact at every σ
+
+
+def test_principal_rule_on_the_bundled_natural_patches():
+  from configs.default_model import get_config
+  from pds_jax import datasets
+  config = get_config()
+  images = np.concatenate(list(datasets.iterate_images(config, 'train', 2048, seed=0)))
+  sigma, _ = sigma_t.select_sigma_t_principal(images)
+  assert 6. < sigma < 16., sigma  # measured 10.1 (2048 patches) and 12.0 (4096); leading principal std 9.9
+
+
+def test_principal_rule_rejects_bad_input():
+  x = _two_cluster_images(1., n=20)
+  with pytest.raises(ValueError, match=r'need images \(N, H, W, C\) with N >= num_directions'):
+    sigma_t.select_sigma_t_principal(x.reshape(20, -1))
+  with pytest.raises(ValueError, match='tolerance > 0'):
+    sigma_t.select_sigma_t_principal(x, tolerance=0.)
