@@ -108,7 +108,8 @@ def validate_sampling_config(config) -> None:
 def load_preconditioner(config) -> Preconditioner:
   """The PDS preconditioner of `config.sampling` (identity when no mask path is set)."""
   s = config.sampling
-  return preconditioning.load(s.freq_mask_path, s.space_mask_path, s.alpha, shape=image_shape(config))
+  return preconditioning.load(s.freq_mask_path, s.space_mask_path, sampling.resolve_alpha(config),
+                             shape=image_shape(config))
 
 
 def get_score_fn(config, workdir: Optional[str], sde: sde_lib.SDE):
@@ -161,7 +162,8 @@ class SamplingRun:
   def settings(self, sampler: sampling.SamplingFn) -> Dict:
     """The run's settings for run.json / report.json: the method's, the PDS masks', the model's."""
     s = self.config.sampling
-    return {**sampler.settings, 'alpha': s.alpha, 'freq_mask_path': s.freq_mask_path,
+    return {**sampler.settings, 'alpha': sampling.resolve_alpha(self.config), 'alpha_rule': s.alpha is None,
+            'freq_mask_path': s.freq_mask_path,
             'space_mask_path': s.space_mask_path, 'batch_size': self.config.eval.batch_size,
             'seed': self.config.seed, **self.model_info}
 
@@ -301,7 +303,7 @@ def _masks_for_compare(config) -> Preconditioner:
     raise ValueError('compare needs --freq_mask_path and/or --space_mask_path for a trained model.')
   data = np.asarray(gaussian_reference(config).sample(jax.random.PRNGKey(config.seed + 1), 200))
   freq, _ = preconditioning.compute_statistics(np.clip(data, 0, 1))
-  return preconditioning.from_statistics(freq, None, s.alpha, shape=image_shape(config))
+  return preconditioning.from_statistics(freq, None, sampling.resolve_alpha(config), shape=image_shape(config))
 
 
 def _vanilla_config(config):
@@ -342,7 +344,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
     from pds_jax import evaluation
     metric_config = ml_collections.ConfigDict(config.to_dict())
     metric_config.eval.kid_subset_size = min(config.eval.kid_subset_size, config.eval.batch_size)
-    images, held_out = _reference_images(config, config.eval.num_reference, config.eval.batch_size)
+    images, held_out = reference_images(config, config.eval.num_reference, config.eval.batch_size)
     reference = evaluation.image_features(images, metric_config, 'reference')
   keys = sampling.sample_keys(config.seed, 0, config.eval.batch_size)
   results, grids = {}, []
@@ -419,7 +421,7 @@ def _load_sample_folder(folder: str) -> Tuple[np.ndarray, Dict]:
   return np.concatenate(samples)[:report['num_samples']], report
 
 
-def _reference_images(config, count: int, held_out: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+def reference_images(config, count: int, held_out: int = 0) -> Tuple[np.ndarray, np.ndarray]:
   """(`count` reference images, `held_out` other ones) in [0, 1], disjoint draws of one distribution:
   exact draws for the Gaussian reference, else one seeded permutation of eval.reference_split."""
   if config.model.name == GAUSSIAN_REFERENCE:
@@ -462,7 +464,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Op
   metric_config = ml_collections.ConfigDict(config.to_dict())
   metric_config.eval.kid_subset_size = min(config.eval.kid_subset_size, num_reference,
                                            min(len(s) for s, _ in loaded))
-  reference = evaluation.image_features(_reference_images(config, num_reference)[0], metric_config, 'reference')
+  reference = evaluation.image_features(reference_images(config, num_reference)[0], metric_config, 'reference')
   results = {}
   for folder, (samples, report) in zip(sample_folders, loaded):
     metrics = evaluation.evaluate_samples(samples, reference, metric_config)

@@ -84,7 +84,7 @@ def _metrics(config, samples: np.ndarray, reference) -> Dict[str, float]:
 def run(args) -> dict:
   base = get_config()
   base.eval.batch_size = args.batch_size
-  reference_images, held_out = run_lib._reference_images(base, args.num_reference, args.num_samples)
+  reference_images, held_out = run_lib.reference_images(base, args.num_reference, args.num_samples)
   metric_config = ml_collections.ConfigDict(base.to_dict())
   metric_config.eval.kid_subset_size = min(args.num_samples, 1000)
   reference = evaluation.image_features(reference_images, metric_config, 'reference')

@@ -95,7 +95,8 @@ def write_mask_statistics(config, out_dir: str, num_images: Optional[int] = None
                                    ('space', space_stat, 'mean x²', False)):
     png = plot_statistic(stat, title, shift)
     atomic_write(paths[f'{kind}_png'], lambda f: f.write(png))
-  alpha = float(config.sampling.get('alpha', 5.))
+  alpha = config.sampling.get('alpha', None)
+  alpha = 5. if alpha is None else float(alpha)  # the official α for the condition number shown
   precond = preconditioning.from_statistics(freq_stat, space_stat, alpha)
   return {'freq_path': paths['freq_npy'], 'space_path': paths['space_npy'], 'freq_png': paths['freq_png'],
           'space_png': paths['space_png'], 'num_images': n, 'image_shape': tuple(freq_stat.shape),

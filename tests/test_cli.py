@@ -35,7 +35,7 @@ def test_sample_writes_rounds_grid_and_report(tmp_path):
   report = json.loads((out / 'report.json').read_text())
   assert report['num_samples'] == 12 and report['settings']['num_steps'] == 10
   assert report['nfe_per_sample'] == 20 and report['settings']['preconditioned'] is False
-  assert set(report['metrics']) == {'log_variance_error', 'frechet_distance'}
+  assert set(report['metrics']) == {'log_variance_error', 'frechet_distance', 'kl_per_dim'}
   assert Image.open(out / 'grid.png').size[0] > 8
 
 

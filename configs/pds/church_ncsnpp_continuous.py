@@ -7,10 +7,12 @@ def get_config():
 
   PDS keeps score_sde's model and sampler: reverse_diffusion + langevin, n_steps_each 1, noise_removal,
   snr 0.075, σ 0.01…380, 2000 scales.
-  speed_up, alpha and the mask paths keep the defaults of PDS's `main.py` flags (1, 5, none).
+  speed_up and the mask paths keep the defaults of PDS's `main.py` flags (1, none); alpha is its 5
+  (pds_jax's own default is the α(N) rule of `sampling.pds_alpha`).
   Preconditioning in the paper: frequency mask only.
   """
   config = church_ncsnpp_continuous.get_config()
   config.eval.batch_size = 2
   config.eval.num_samples = 10
+  config.sampling.alpha = 5.
   return config
