@@ -24,4 +24,5 @@ def test_readme_python_snippet_runs(tmp_path):
   script.write_text(snippet[-1])
   proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
-  assert proc.stdout.startswith('200 {')
+  pc, dpm = proc.stdout.splitlines()[-2:]
+  assert pc.startswith('200 {') and dpm.startswith('16 {')
