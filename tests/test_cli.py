@@ -128,3 +128,25 @@ def test_convert_a_score_sde_pytorch_checkpoint(tmp_path, fixtures_dir):
   assert int(checkpoints.restore_checkpoint(str(tmp_path), cfg).step) == 1
   proc = _main(*config, '--mode=convert', f'--workdir={tmp_path}', check=False)
   assert proc.returncode == 2 and '--pytorch_checkpoint' in proc.stderr
+
+
+@pytest.mark.parametrize('method, extra, nfe', [
+    ('ode', ['--config.sampling.ode_rtol=1e-3', '--config.sampling.ode_atol=1e-3'], None),
+    ('dpm_solver', ['--config.sampling.num_steps=6'], 6), ('heun', ['--config.sampling.num_steps=4'], 7)])
+def test_sample_with_every_method_reports_its_nfe(tmp_path, method, extra, nfe):
+  _main(*TINY_GAUSSIAN, '--mode=sample', f'--workdir={tmp_path}', f'--config.sampling.method={method}', *extra)
+  report = json.loads((tmp_path / 'eval' / 'report.json').read_text())
+  assert report['settings']['method'] == method and report['num_samples'] == 12
+  if nfe is None:  # adaptive: the mean over the samples, 6 per attempted step + 1 + 1 for noise removal
+    assert report['nfe_per_sample'] > 8 and report['settings']['nfe'] is None
+  else:
+    assert report['nfe_per_sample'] == nfe == report['settings']['nfe']
+  assert np.isfinite(report['metrics']['kl_per_dim'])
+
+
+def test_pds_masks_with_a_deterministic_method_are_refused_before_sampling(tmp_path):
+  np.save(tmp_path / 'freq.npy', np.random.RandomState(0).uniform(1, 5, (3, 8, 8)))
+  proc = _main(*TINY_GAUSSIAN, '--mode=sample', f'--workdir={tmp_path}', '--config.sampling.method=heun',
+               f'--freq_mask_path={tmp_path / "freq.npy"}', check=False)
+  assert proc.returncode == 2 and "'heun' is a deterministic ODE solver" in proc.stderr
+  assert 'Traceback' not in proc.stderr and not (tmp_path / 'eval' / 'report.json').exists()
