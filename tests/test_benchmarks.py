@@ -21,3 +21,17 @@ def test_benchmark_quick_setting_writes_results(name, tmp_path):
   assert result['benchmark'] == name and result['setting']['quick'] is True
   assert (tmp_path / f'{name}_quick.png').stat().st_size > 1000
   assert '|' in proc.stdout  # the markdown table
+
+
+@pytest.mark.parametrize('target', ['gaussian64_vp', 'resolution', pytest.param('shipped', marks=pytest.mark.slow)])
+def test_sampler_leaderboard_quick_setting_writes_results(target, tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'benchmarks.samplers', f'--target={target}', '--quick',
+                         f'--out_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / f'samplers_{target}_quick.json').read_text())
+  assert result['benchmark'] == f'samplers_{target}' and result['setting']['quick'] is True
+  assert (tmp_path / f'samplers_{target}_quick.png').stat().st_size > 1000
+  assert '|' in proc.stdout
+  if target == 'gaussian64_vp':  # every row ran, and the reach table covers each
+    assert set(result['results']) == set(result['summary']['kl_per_dim']) - {'target', 'reference_value',
+                                                                              'reference_nfe'}
