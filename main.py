@@ -7,7 +7,7 @@ from absl import app, flags
 from ml_collections.config_flags import config_flags
 
 import run_lib
-from pds_jax import parallel
+from pds_jax import config_check, parallel
 
 FLAGS = flags.FLAGS
 
@@ -16,7 +16,8 @@ flags.DEFINE_string('workdir', None, 'Work directory (checkpoints/ of the model;
 flags.DEFINE_enum('mode', None, list(run_lib.MODES), 'Running mode.')
 flags.DEFINE_string('eval_folder', None, 'Output folder inside workdir (default: eval; compare, stats for those modes).')
 flags.DEFINE_float('speed_up', 1., 'PDS speed-up k: sample with int(num_scales / k) steps.')
-flags.DEFINE_float('alpha', 5., 'PDS mask strength alpha >= 1 (larger = closer to the vanilla sampler).')
+flags.DEFINE_float('alpha', 5., 'PDS mask strength alpha >= 1 (larger = closer to the vanilla sampler); '
+                   'without this flag the config decides (default: alpha(N) = max(5, N / 5)).')
 flags.DEFINE_string('freq_mask_path', None, 'Official PDS frequency statistic (.npy, shape (C, H, W)).')
 flags.DEFINE_string('space_mask_path', None, 'Official PDS space statistic (.npy, shape (C, H, W)).')
 flags.DEFINE_list('sample_dirs', None, '--mode eval: sample folders to score (default: workdir/eval).')
@@ -31,11 +32,44 @@ flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 
 # The official PDS flags override config.sampling.<name> when given on the command line.
 _PDS_FLAGS = ('speed_up', 'alpha', 'freq_mask_path', 'space_mask_path')
+# Flags only some modes read; giving one to another mode is an error rather than silently ignored.
+_MODE_FLAGS = {
+    'speed_up': ('sample', 'compare'), 'freq_mask_path': ('sample', 'compare', 'stats'),
+    'space_mask_path': ('sample', 'compare', 'stats'), 'alpha': ('sample', 'compare', 'stats'),
+    'eval_folder': ('sample', 'compare', 'stats', 'eval'), 'sample_dirs': ('eval',),
+    'pytorch_checkpoint': ('convert',),
+}
+
+
+def _fail(message: str) -> None:
+  print(f'pds_jax: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's flag parsing; a bad flag, config file or config field is one line on stderr and exit code 2."""
+  try:
+    remaining = FLAGS(argv)
+    FLAGS.config.keys()  # a config file that failed to load raises on first access
+    return remaining
+  except Exception as e:  # absl and ml_collections raise many types here; none should be a traceback
+    _fail(config_check.explain(argv, e))
+
+
+def _check_mode_flags() -> None:
+  for name, modes in _MODE_FLAGS.items():
+    if FLAGS[name].present and FLAGS.mode not in modes:
+      _fail(f'--{name} is read by --mode {" / ".join(modes)} only; --mode {FLAGS.mode} would ignore it.')
+  method = FLAGS.config.sampling.method.lower()
+  if FLAGS['speed_up'].present and (method != 'pc' or FLAGS.config.sampling.num_steps is not None):
+    _fail(f'--speed_up sets the steps of sampling.method pc without sampling.num_steps; here (method {method!r}, '
+          f'num_steps {FLAGS.config.sampling.num_steps}) it would be ignored: set --config.sampling.num_steps.')
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    _fail(f'unexpected arguments {argv[1:]} (flags are --name=value).')
+  _check_mode_flags()
   logging.getLogger().setLevel(logging.INFO)
   if FLAGS.jax_cache:
     import jax
@@ -68,4 +102,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -80,11 +80,41 @@ def test_bad_input_is_a_clear_error_before_any_compute(tmp_path, args, message):
   assert not (tmp_path / 'run' / 'eval').exists() or not any((tmp_path / 'run' / 'eval').iterdir())
 
 
-def test_unknown_mode_and_config_field_are_rejected(tmp_path):
-  proc = _main(*TINY_GAUSSIAN, '--mode=dance', f'--workdir={tmp_path}', check=False)
-  assert proc.returncode != 0 and 'dance' in proc.stderr and 'sample' in proc.stderr
-  proc = _main(*TINY_GAUSSIAN, '--config.sampling.speedup=3', '--mode=sample', f'--workdir={tmp_path}', check=False)
-  assert proc.returncode != 0 and 'speedup' in proc.stderr
+@pytest.mark.parametrize('args,message', [
+    (['--mode=dance'], 'flag --mode=dance: value should be one of .*sample'),
+    (['--mode=sample', '--config.sampling.speedup=3'],
+     r'--config.sampling.speedup: unknown config field \(config.sampling has .*speed_up'),
+    (['--mode=sample', '--config.samplin.snr=1'], r'--config.samplin.snr: unknown config field \(config has .*sampling'),
+    (['--mode=sample', '--config.sampling.snr=abc'], r'--config.sampling.snr=abc: not a valid float \(the field holds 0.16\)'),
+    (['--mode=sample', '--config.eval.batch_size=1.5'], '--config.eval.batch_size=1.5: not a valid int'),
+    (['--mode=sample', '--config.sampling.alpha=x'], r'--config.sampling.alpha=x: not a valid float \(the field holds None\)'),
+    (['--mode=sample', '--nosuchflag=1'], "Unknown command line flag 'nosuchflag'"),
+    (['--mode=sample', 'stray'], r"unexpected arguments \['stray'\]"),
+    (['--mode=sample', '--sample_dirs=a'], '--sample_dirs is read by --mode eval only; --mode sample would ignore it'),
+    (['--mode=stats', '--speed_up=2'], '--speed_up is read by --mode sample / compare only'),
+    (['--mode=sample', '--pytorch_checkpoint=x.pth'], '--pytorch_checkpoint is read by --mode convert only'),
+    (['--mode=sample', '--config.sampling.method=heun', '--speed_up=2'], "--speed_up sets the steps of sampling.method pc"),
+])
+def test_every_flag_and_config_problem_is_one_line_and_exit_code_2(tmp_path, args, message):
+  proc = _main(*TINY_GAUSSIAN, f'--workdir={tmp_path / "run"}', *args, check=False)
+  assert proc.returncode == 2, proc.stderr
+  import re
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert re.search(message, proc.stderr) and lines[-1].startswith('pds_jax: error: '), proc.stderr
+  assert 'Traceback' not in proc.stderr and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('content, message', [
+    (None, 'config file not found'), ('def get_config(:\n', 'does not load: SyntaxError'),
+    ('x = 1\n', 'has no get_config'), ('def get_config():\n  raise KeyError("dataset")\n', "get_config\\(\\) failed: KeyError")])
+def test_missing_or_broken_config_files_are_named(tmp_path, content, message):
+  path = tmp_path / 'cfg.py'
+  if content is not None:
+    path.write_text(content)
+  proc = _main('--config', str(path), '--mode=sample', f'--workdir={tmp_path / "run"}', check=False)
+  assert proc.returncode == 2 and f'pds_jax: error: --config {path}' in proc.stderr, proc.stderr
+  import re
+  assert re.search(message, proc.stderr) and 'Traceback' not in proc.stderr, proc.stderr
 
 
 def test_non_writable_output_folder(tmp_path):
