@@ -84,7 +84,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--target', choices=TARGETS, default='gaussian64_vp')
   p.add_argument('--leaderboard', action='store_true', help='print the combined tables of every target JSON')
   p.add_argument('--quick', action='store_true', help='smoke setting (16x16, 16 samples, two grid points per row)')
-  p.add_argument('--num_samples', type=int, default=None, help='default 512 at 64², 64 at 256², 100 shipped')
+  p.add_argument('--num_samples', type=int, default=None, help='default 256 at 64², 64 at 256², 100 shipped')
   p.add_argument('--rows', default=','.join(ROWS), help='comma-separated rows to run')
   p.add_argument('--pc_steps', default='10,20,50,100,200,500')
   p.add_argument('--ode_tolerances', default='1e-2,1e-3,1e-4,1e-5')
@@ -183,7 +183,7 @@ class Target:
     self.sde, self.eps = sde_lib.get_sde(self.config)
     size = self.config.data.image_size
     self.image_shape = (size, size, self.config.data.num_channels)
-    default_n = 100 if name == 'shipped' else (512 if size <= 64 else 64)
+    default_n = 100 if name == 'shipped' else (256 if size <= 64 else 64)
     self.num_samples = 16 if args.quick else (args.num_samples or default_n)
     self.inverse_scaler = datasets.get_data_inverse_scaler(self.config)
     if name == 'shipped':
