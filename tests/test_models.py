@@ -371,6 +371,25 @@ def test_fir_resampling_identities():
                              uds.downsample_2d(conv(x), [1, 3, 3, 1])[:, 1:-1, 1:-1], atol=1e-4)
 
 
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), groups=st.sampled_from([1, 2, 4, 8]),
+       per_group=st.integers(1, 4), offset=st.floats(-5., 5.), bf16=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_group_norm_equals_flax_group_norm(b, h, w, groups, per_group, offset, bf16, seed):
+  """layers.GroupNorm is flax's nn.GroupNorm (parameters, float32 statistics, output dtype) to rounding."""
+  rng = np.random.RandomState(seed)
+  dtype = jnp.bfloat16 if bf16 else jnp.float32
+  x = jnp.asarray(offset + 2 * rng.randn(b, h, w, groups * per_group), dtype)
+  ours, theirs = layers.GroupNorm(num_groups=groups), flax.linen.GroupNorm(num_groups=groups)
+  params = theirs.init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(0), x)) == jax.tree_util.tree_structure(params)
+  params = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.randn(*p.shape), dtype), params)
+  out, expected = ours.apply(params, x), theirs.apply(params, x)
+  assert out.dtype == expected.dtype == dtype
+  tol = 2 ** -7 if bf16 else 2e-5  # bfloat16: one rounding of the output apart
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(expected, np.float32),
+                             rtol=tol, atol=tol * float(np.abs(np.asarray(params['params']['bias'], np.float32)).max() + 1))
+
+
 def test_registry_and_noise_schedules():
   assert {'ncsnpp', 'ddpm', 'ncsn', 'ncsnv2_64', 'ncsnv2_128', 'ncsnv2_256'} <= set(mutils._MODELS)
   with pytest.raises(ValueError, match='not a registered model'):
