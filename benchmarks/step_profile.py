@@ -17,12 +17,14 @@ Models (score_sde configs, random weights with model.init_scale = 1, VE, continu
    time embedding; negative where layers run faster fused or in cache inside the whole forward).
 4. torch (`--score_sde_pytorch DIR`, plus `--pds_pytorch DIR` for the PDS step): the official
    score_sde_pytorch NCSNpp built from the same config (its own initialisation), eval mode, `no_grad`,
-   `torch.set_num_threads(--torch_threads)`, OMP_WAIT_POLICY=PASSIVE unless set; forward = its `get_score_fn`, vanilla step = its
-   `get_pc_sampler`, PDS step = the official PDS `get_pc_sampler` with the same frequency mask (the official
+   `torch.set_num_threads(--torch_threads)`, OMP_WAIT_POLICY=PASSIVE unless set; forward = its
+   `get_score_fn`, vanilla step = its `get_pc_sampler`, PDS step = the official PDS `get_pc_sampler` with the same frequency mask (the official
    code allocates noise with `torch.cuda.FloatTensor`; on a CPU that name is pointed at `torch.FloatTensor`).
    The CUDA extension of `op/` is not built (its loader is stubbed while importing): on a CPU the official
    `upfirdn2d` runs its `upfirdn2d_native`, and NCSN++ does not use the fused activation. The parameter counts
    of both sides must agree. The official code is only imported from DIR, never copied here.
+5. dtypes: the shipped model's architecture (configs/default_model.py, random weights) at its eval batch,
+   forward and PC steps with `get_score_fn(..., dtype=)` float32 against bfloat16 (config.eval.dtype).
 
 Timing: a warm-up call per setting (compilation), one more for torch (oneDNN primitive caches), then
 repetitions alternating all settings of a (model, batch) in rotating order; medians over repetitions, and
@@ -56,6 +58,7 @@ from pds_jax.models import layerspp, up_or_down_sampling
 from pds_jax.models import utils as mutils
 
 SNR = 0.16
+SHIPPED = 'configs.default_model'  # the shipped model of the README, for float32 vs bfloat16
 EPS = 1e-5
 LAYER_TYPES = ('conv3x3', 'conv1x1', 'fir_resample', 'fir_conv', 'group_norm', 'attention')
 
@@ -97,12 +100,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--score_sde_pytorch', type=str, default=None, help='a checkout of yang-song/score_sde_pytorch')
   p.add_argument('--pds_pytorch', type=str, default=None, help='a checkout of the official PDS code (fudan-zvg/PDS)')
   p.add_argument('--torch_threads', type=int, default=2)
+  p.add_argument('--shipped_batch', type=int, default=36,
+                 help='batch of the float32 vs bfloat16 timing of the shipped model (its eval batch; 0: skip)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--label', type=str, default='', help='a note stored in the JSON (e.g. the commit measured)')
   p.add_argument('--out_dir', type=str, default=None)
   args = p.parse_args(argv)
   if args.quick:
-    args.models, args.batches = 'quick', '1'
+    args.models, args.batches, args.shipped_batch = 'quick', '1', 0
     args.repeats, args.num_steps = 1, 2
     return args
   unknown = set(args.models.split(',')) - set(MODELS)
@@ -130,14 +135,16 @@ def _num_params(tree) -> int:
 
 
 class JaxSide:
-  """pds_jax's NCSN++ score, forward and PC-step calls for one config."""
+  """pds_jax's NCSN++ score (computing in `dtype`, config.eval.dtype), forward and PC-step calls for one config."""
+  has_pds = True
+  extra_warmup = False
 
-  def __init__(self, config, seed: int):
+  def __init__(self, config, seed: int, dtype: str = 'float32'):
     self.config = config
     self.sde = sde_lib.VESDE(config.model.sigma_min, config.model.sigma_max, config.model.num_scales)
     self.model = mutils.get_model(config.model.name)(config=config)
     self.params = jax.jit(lambda rng: mutils.init_model(rng, config)[2])(jax.random.PRNGKey(seed))
-    self.score_fn = mutils.get_score_fn(self.sde, self.model, self.params, {}, continuous=True)
+    self.score_fn = mutils.get_score_fn(self.sde, self.model, self.params, {}, continuous=True, dtype=dtype)
     self.num_params = _num_params(self.params)
     self._forward = jax.jit(lambda score_fn, x, t: score_fn(x, t))
 
@@ -157,6 +164,7 @@ class JaxSide:
 
 class TorchSide:
   """The official score_sde_pytorch NCSN++ (and PDS sampler) for one config, imported from checkouts."""
+  extra_warmup = True  # oneDNN builds its primitives on the first calls
 
   def __init__(self, config, score_sde_dir: str, pds_dir: Optional[str], threads: int, seed: int):
     # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads that wait for a
@@ -183,6 +191,7 @@ class TorchSide:
       self.pds_sampling = importlib.util.module_from_spec(spec)
       spec.loader.exec_module(self.pds_sampling)  # its sde_lib / models.utils resolve to score_sde_pytorch's
       torch.cuda.FloatTensor = torch.FloatTensor  # the official PDS code allocates its noise on CUDA by name
+    self.has_pds = self.pds_sampling is not None
     torch.manual_seed(seed)
     torch_config = ml_collections.ConfigDict(config.to_dict())  # a copy: the torch model reads config.device
     torch_config.device = 'cpu'
@@ -202,19 +211,20 @@ class TorchSide:
         return self.score_fn(x, t)
     return call
 
-  def pc_step(self, shape, num_steps: int, freq_mask: Optional[np.ndarray], seed: int) -> Callable[[int], Any]:
+  def pc_step(self, shape, num_steps: int, pre: Optional[preconditioning.Preconditioner],
+              seed: int) -> Callable[[int], Any]:
     torch = self.torch
     sde = self.sde_lib.VESDE(self.config.model.sigma_min, self.config.model.sigma_max, num_steps)
     nchw = (shape[0], shape[3], shape[1], shape[2])
     common_args = dict(sde=sde, shape=nchw, inverse_scaler=lambda x: x, snr=SNR, n_steps=1, probability_flow=False,
                        continuous=True, denoise=True, eps=EPS, device='cpu')
-    if freq_mask is None:
+    if pre is None:
       lib = self.vanilla_sampling
       sampler = lib.get_pc_sampler(predictor=lib.ReverseDiffusionPredictor, corrector=lib.LangevinCorrector,
                                    **common_args)
     else:
       lib = self.pds_sampling
-      mask = torch.from_numpy(np.ascontiguousarray(np.transpose(freq_mask, (2, 0, 1))[None]))
+      mask = torch.from_numpy(np.ascontiguousarray(np.transpose(np.asarray(pre.freq_mask), (2, 0, 1))[None]))
       sampler = lib.get_pc_sampler(predictor=lib.ReverseDiffusionPredictor, corrector=lib.LangevinCorrector,
                                    space_mask=torch.ones(1), freq_mask=mask, **common_args)
 
@@ -366,32 +376,46 @@ def _ratio(times: Dict[str, dict], num: str, den: str) -> float:
   return common.median([a / b for a, b in zip(times[num]['all_s'], times[den]['all_s'])])
 
 
-def measure_batch(jax_side: JaxSide, torch_side: Optional[TorchSide], shape, pre, args, with_pc: bool) -> dict:
-  """forward (and PC step) of both sides at one batch size, all settings interleaved."""
+def measure_batch(sides: Dict[str, Any], shape, pre: preconditioning.Preconditioner, args, with_pc: bool,
+                  ratio: Tuple[str, str]) -> dict:
+  """forward (and PC steps) of every side at one batch size, all interleaved; ratio[0] / ratio[1] per repetition."""
   rng = np.random.default_rng(args.seed)
   x = rng.uniform(0., 1., shape).astype(np.float32)
   t = np.full((shape[0],), 0.5, np.float32)
-  calls = {'jax_forward': jax_side.forward(x, t)}
-  if with_pc:
-    calls['jax_vanilla'] = jax_side.pc_step(shape, args.num_steps, None, args.seed)
-    calls['jax_pds'] = jax_side.pc_step(shape, args.num_steps, pre, args.seed)
-  if torch_side is not None:
-    calls['torch_forward'] = torch_side.forward(x, t)
+  calls = {}
+  for name, side in sides.items():
+    calls[f'{name}_forward'] = side.forward(x, t)
     if with_pc:
-      calls['torch_vanilla'] = torch_side.pc_step(shape, args.num_steps, None, args.seed)
-      if torch_side.pds_sampling is not None:
-        calls['torch_pds'] = torch_side.pc_step(shape, args.num_steps, np.asarray(pre.freq_mask), args.seed)
-    for name in [n for n in calls if n.startswith('torch')]:
-      calls[name](-2)  # one more warm-up: oneDNN builds its primitives on the first calls
+      calls[f'{name}_vanilla'] = side.pc_step(shape, args.num_steps, None, args.seed)
+      if side.has_pds:
+        calls[f'{name}_pds'] = side.pc_step(shape, args.num_steps, pre, args.seed)
+    if side.extra_warmup:
+      for call in [c for n, c in calls.items() if n.startswith(f'{name}_')]:
+        call(-2)
   times = alternate(calls, args.repeats)
   out = {}
   for name in calls:
     side, what = name.split('_', 1)
     out.setdefault(side, {})[what] = _summary(times, name, 1. if what == 'forward' else args.num_steps)
-  if torch_side is not None:
-    out['torch_over_jax'] = {what: _ratio(times, f'torch_{what}', f'jax_{what}')
-                             for what in ('forward', 'vanilla', 'pds') if f'torch_{what}' in calls}
+  num, den = ratio
+  if num in sides and den in sides:
+    out[f'{num}_over_{den}'] = {what: _ratio(times, f'{num}_{what}', f'{den}_{what}')
+                                for what in ('forward', 'vanilla', 'pds') if f'{num}_{what}' in calls}
   return out
+
+
+def measure_dtypes(args) -> dict:
+  """The shipped model's architecture (configs/default_model.py) in float32 and bfloat16, at its eval batch."""
+  config = importlib.import_module(SHIPPED).get_config()
+  sides = {dtype: JaxSide(config, args.seed, dtype) for dtype in ('float32', 'bfloat16')}
+  size, channels = config.data.image_size, config.data.num_channels
+  stat = np.random.default_rng(args.seed).uniform(0.1, 1., (size, size, channels)).astype(np.float32)
+  shape = (args.shipped_batch, size, size, channels)
+  out = measure_batch(sides, shape, preconditioning.from_statistics(stat, None, args.alpha), args, True,
+                      ('bfloat16', 'float32'))
+  print('shipped model, batch {}: '.format(shape[0]) + ', '.join(
+      f'{dtype} {what} {v["ms_median"]:.1f}' for dtype in sides for what, v in out[dtype].items()) + ' ms', flush=True)
+  return {'config_module': SHIPPED, 'batch': shape[0], 'num_params': sides['float32'].num_params, **out}
 
 
 def per_image_ratio(by_batch: Dict[int, dict], side: str, what: str) -> Optional[float]:
@@ -423,7 +447,8 @@ def run(args: argparse.Namespace) -> dict:
     by_batch = {}
     for batch in sorted(set(common.int_list(args.batches)) | set(pc_batches)):
       shape = (batch, size, size, channels)
-      by_batch[batch] = measure_batch(jax_side, torch_side, shape, pre, args, batch in pc_batches)
+      sides = {'jax': jax_side} if torch_side is None else {'jax': jax_side, 'torch': torch_side}
+      by_batch[batch] = measure_batch(sides, shape, pre, args, batch in pc_batches, ('torch', 'jax'))
       line = ', '.join(f'{side} {what} {v["ms_median"]:.1f}' for side in ('jax', 'torch')
                        for what, v in by_batch[batch].get(side, {}).items())
       print(f'{name} batch {batch}: {line} ms (load {os.getloadavg()[0]:.1f})', flush=True)
@@ -443,6 +468,7 @@ def run(args: argparse.Namespace) -> dict:
         'per_image_8_over_1': {f'{side}_{what}': per_image_ratio(by_batch, side, what)
                                for side in ('jax', 'torch') for what in ('forward', 'vanilla', 'pds')},
         'layers': {str(b): v for b, v in layers_.items()}})
+  shipped = measure_dtypes(args) if args.shipped_batch else None
   torch_version = None
   if args.score_sde_pytorch:
     import torch
@@ -460,6 +486,7 @@ def run(args: argparse.Namespace) -> dict:
                     '(model, batch) in rotating order; medians over repetitions, ratios within a repetition'},
       'machine': machine_note(load_before),
       'results': results,
+      'shipped_dtypes': shipped,
       'environment': {**common.environment(), 'torch': torch_version, 'load_average_before': load_before},
       'total_wall_s': time.perf_counter() - start}
 
@@ -527,8 +554,17 @@ def report(payload: dict) -> str:
                 for r in payload['results'] for b, lay in r['layers'].items()
                 for side, totals in lay['ms_by_type'].items()]
   layer_table = common.markdown_table(['model', 'batch', 'side'] + list(LAYER_TYPES) + ['rest', 'forward'], layer_rows)
-  return '\n'.join(['ms (medians); PC step = ms per step', table, '', 'per-image cost, largest batch / batch 1',
-                    ratios, '', 'forward by layer type (ms)', layer_table, '', payload['machine']])
+  lines = ['ms (medians); PC step = ms per step', table, '', 'per-image cost, largest batch / batch 1', ratios, '',
+           'forward by layer type (ms)', layer_table, '']
+  shipped = payload['shipped_dtypes']
+  if shipped:
+    dtype_rows = [[dtype] + [round(shipped[dtype][what]['ms_median'], 1) for what in ('forward', 'vanilla', 'pds')]
+                  for dtype in ('float32', 'bfloat16')]
+    dtype_rows.append(['bf16 / f32'] + [round(shipped['bfloat16_over_float32'][what], 3)
+                                        for what in ('forward', 'vanilla', 'pds')])
+    lines += [f'shipped model ({shipped["config_module"]}), batch {shipped["batch"]}: ms',
+              common.markdown_table(['dtype', 'forward', 'vanilla step', 'PDS step'], dtype_rows), '']
+  return '\n'.join(lines + [payload['machine']])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
