@@ -32,6 +32,7 @@ torch / JAX ratios within a repetition. The machine's load average is recorded b
 
   python -m benchmarks.step_profile --score_sde_pytorch /tmp/score_sde_pytorch --pds_pytorch /tmp/pds_official
   python -m benchmarks.step_profile --quick        # smoke setting, JAX only (< 1 min)
+  taskset -c 1 python -m benchmarks.step_profile ... --torch_threads 1   # both sides on one core
 """
 from __future__ import annotations
 
@@ -487,7 +488,8 @@ def run(args: argparse.Namespace) -> dict:
       'machine': machine_note(load_before),
       'results': results,
       'shipped_dtypes': shipped,
-      'environment': {**common.environment(), 'torch': torch_version, 'load_average_before': load_before},
+      'environment': {**common.environment(), 'torch': torch_version, 'load_average_before': load_before,
+                      'cpu_affinity': sorted(os.sched_getaffinity(0))},
       'total_wall_s': time.perf_counter() - start}
 
 
