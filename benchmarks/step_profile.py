@@ -28,7 +28,9 @@ Models (score_sde configs, random weights with model.init_scale = 1, VE, continu
 
 Timing: a warm-up call per setting (compilation), one more for torch (oneDNN primitive caches), then
 repetitions alternating all settings of a (model, batch) in rotating order; medians over repetitions, and
-torch / JAX ratios within a repetition. The machine's load average is recorded before and after.
+torch / JAX ratios within a repetition. The machine's load average is recorded before and after. Besides
+the wall time, the process's CPU time of each call is recorded: with both sides pinned to one core
+(taskset, --torch_threads 1) it measures the work done, nearly independent of other jobs on the machine.
 
   python -m benchmarks.step_profile --score_sde_pytorch /tmp/score_sde_pytorch --pds_pytorch /tmp/pds_official
   python -m benchmarks.step_profile --quick        # smoke setting, JAX only (< 1 min)
@@ -369,8 +371,11 @@ def time_layers(jax_side: JaxSide, torch_side: Optional[TorchSide], shape: Tuple
 
 
 def _summary(times: Dict[str, dict], name: str, scale: float = 1.) -> dict:
+  """Wall ms (median, all) and CPU ms (the process's, all threads: robust to other jobs on a pinned core)."""
   values = [1e3 * s / scale for s in times[name]['all_s']]
-  return {'ms_median': common.median(values), 'ms_all': values, 'first_call_s': times[name]['first_call_s']}
+  cpu = [1e3 * s / scale for s in times[name]['cpu_all_s']]
+  return {'ms_median': common.median(values), 'ms_all': values, 'cpu_ms_median': common.median(cpu),
+          'cpu_ms_all': cpu, 'first_call_s': times[name]['first_call_s']}
 
 
 def _ratio(times: Dict[str, dict], num: str, den: str) -> float:
@@ -419,12 +424,12 @@ def measure_dtypes(args) -> dict:
   return {'config_module': SHIPPED, 'batch': shape[0], 'num_params': sides['float32'].num_params, **out}
 
 
-def per_image_ratio(by_batch: Dict[int, dict], side: str, what: str) -> Optional[float]:
+def per_image_ratio(by_batch: Dict[int, dict], side: str, what: str, key: str = 'ms_median') -> Optional[float]:
   """(ms at the largest batch / its size) / (ms at batch 1): the per-image cost of batching."""
   sizes = sorted(b for b in by_batch if what in by_batch[b].get(side, {}))
   if len(sizes) < 2 or sizes[0] != 1:
     return None
-  return by_batch[sizes[-1]][side][what]['ms_median'] / sizes[-1] / by_batch[1][side][what]['ms_median']
+  return by_batch[sizes[-1]][side][what][key] / sizes[-1] / by_batch[1][side][what][key]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -468,6 +473,8 @@ def run(args: argparse.Namespace) -> dict:
         'by_batch': {str(b): v for b, v in by_batch.items()},
         'per_image_8_over_1': {f'{side}_{what}': per_image_ratio(by_batch, side, what)
                                for side in ('jax', 'torch') for what in ('forward', 'vanilla', 'pds')},
+        'per_image_8_over_1_cpu': {f'{side}_{what}': per_image_ratio(by_batch, side, what, 'cpu_ms_median')
+                                   for side in ('jax', 'torch') for what in ('forward', 'vanilla', 'pds')},
         'layers': {str(b): v for b, v in layers_.items()}})
   shipped = measure_dtypes(args) if args.shipped_batch else None
   torch_version = None
@@ -537,26 +544,31 @@ def _fmt(v: Optional[float]) -> str:
   return '—' if v is None else f'{v:.1f}'
 
 
-def report(payload: dict) -> str:
+def _time_table(payload: dict, key: str) -> str:
   rows = []
   for r in payload['results']:
     for batch, v in r['by_batch'].items():
       torch_side, jax_side = v.get('torch', {}), v['jax']
       cells = [r['model'], batch]
       for what in ('forward', 'vanilla', 'pds'):
-        cells += [_fmt(torch_side.get(what, {}).get('ms_median')), _fmt(jax_side.get(what, {}).get('ms_median'))]
-      cells.append(_fmt(v.get('torch_over_jax', {}).get('forward')))
+        cells += [_fmt(torch_side.get(what, {}).get(key)), _fmt(jax_side.get(what, {}).get(key))]
       rows.append(cells)
-  table = common.markdown_table(['model', 'batch', 'torch fwd', 'jax fwd', 'torch vanilla', 'jax vanilla',
-                                 'torch PDS', 'jax PDS', 'torch/jax fwd'], rows)
-  ratio_rows = [[r['model']] + [None if v is None else round(v, 3) for v in r['per_image_8_over_1'].values()]
-                for r in payload['results']]
-  ratios = common.markdown_table(['model'] + list(payload['results'][0]['per_image_8_over_1']), ratio_rows)
+  return common.markdown_table(['model', 'batch', 'torch fwd', 'jax fwd', 'torch vanilla', 'jax vanilla',
+                                'torch PDS', 'jax PDS'], rows)
+
+
+def report(payload: dict) -> str:
+  table, cpu_table = _time_table(payload, 'ms_median'), _time_table(payload, 'cpu_ms_median')
+  ratio_rows = [[r['model'], clock] + [None if v is None else round(v, 3) for v in r[field].values()]
+                for r in payload['results']
+                for clock, field in (('wall', 'per_image_8_over_1'), ('cpu', 'per_image_8_over_1_cpu'))]
+  ratios = common.markdown_table(['model', 'clock'] + list(payload['results'][0]['per_image_8_over_1']), ratio_rows)
   layer_rows = [[r['model'], b, side] + [round(v, 1) for v in totals.values()] + [round(lay['forward_ms'][side], 1)]
                 for r in payload['results'] for b, lay in r['layers'].items()
                 for side, totals in lay['ms_by_type'].items()]
   layer_table = common.markdown_table(['model', 'batch', 'side'] + list(LAYER_TYPES) + ['rest', 'forward'], layer_rows)
-  lines = ['ms (medians); PC step = ms per step', table, '', 'per-image cost, largest batch / batch 1', ratios, '',
+  lines = ['wall ms (medians); PC step = ms per step', table, '', 'CPU ms of the process (medians)', cpu_table, '',
+           'per-image cost, largest batch / batch 1', ratios, '',
            'forward by layer type (ms)', layer_table, '']
   shipped = payload['shipped_dtypes']
   if shipped:
