@@ -127,13 +127,17 @@ def _rotated(names: Sequence[str], rep: int) -> List[str]:
 
 
 def alternate(calls: Dict[str, Callable[[int], object]], repeats: int) -> Dict[str, dict]:
-  """Wall times of calls[name](rep): one warm-up call each, then `repeats` rounds in rotating order."""
+  """Wall times (`all_s`) and the process's CPU times (`cpu_all_s`, all threads) of calls[name](rep): one
+  warm-up call each, then `repeats` rounds in rotating order."""
   first = {name: common.seconds(fn, -1) for name, fn in calls.items()}
   times: Dict[str, List[float]] = {name: [] for name in calls}
+  cpu_times: Dict[str, List[float]] = {name: [] for name in calls}
   for rep in range(repeats):
     for name in _rotated(list(calls), rep):
+      cpu_start = time.process_time()
       times[name].append(common.seconds(calls[name], rep))
-  return {name: {'first_call_s': first[name], 'all_s': times[name]} for name in calls}
+      cpu_times[name].append(time.process_time() - cpu_start)
+  return {name: {'first_call_s': first[name], 'all_s': times[name], 'cpu_all_s': cpu_times[name]} for name in calls}
 
 
 def _ratios(times: Dict[str, dict], num: str, den: str) -> List[float]:

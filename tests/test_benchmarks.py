@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ['quality_vs_steps', 'overhead', 'model_step', 'scaling', 'default_model_steps', 'init_aware_toys',
-           'init_aware_images',
+           'init_aware_images', 'step_profile',
            pytest.param('compile', marks=pytest.mark.slow)]  # compiles with the cache disabled
 
 

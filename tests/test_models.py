@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
+from hypothesis import assume, given, settings, strategies as st
 
 from configs.default_cifar10_configs import get_default_configs
 from pds_jax import sde_lib
@@ -308,6 +309,17 @@ def _upfirdn_reference(x, k, up, down, pad0, pad1):
   return out[:, ::down, ::down]
 
 
+def _upfirdn_grouped_conv(x, k, up, down, pad0, pad1):
+  """The former `upfirdn_2d` (score_sde's formulation): zeros inserted by interior padding, then a
+  depthwise `conv_general_dilated` (feature_group_count = C) with stride `down`."""
+  C = x.shape[-1]
+  spatial = (pad0, pad1 + up - 1, up - 1)
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), spatial, spatial, (0, 0, 0)])
+  w = jnp.asarray(np.tile(k[::-1, ::-1, None, None], (1, 1, 1, C)), dtype=x.dtype)
+  return jax.lax.conv_general_dilated(x, w, (down, down), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      feature_group_count=C)
+
+
 @pytest.mark.parametrize('up, down, pad0, pad1',
                          [(1, 1, 1, 2), (2, 1, 2, 1), (1, 2, 1, 1), (2, 1, -1, 0), (1, 2, 2, -1)])
 def test_upfirdn_2d_matches_reference(up, down, pad0, pad1):
@@ -316,6 +328,28 @@ def test_upfirdn_2d_matches_reference(up, down, pad0, pad1):
   k = rng.rand(4, 4).astype(np.float32)
   out = uds.upfirdn_2d(jnp.asarray(x), k, up=up, down=down, pad0=pad0, pad1=pad1)
   np.testing.assert_allclose(out, _upfirdn_reference(x, k, up, down, pad0, pad1), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), c=st.integers(1, 3), kh=st.integers(1, 5),
+       kw=st.integers(1, 5), up_down=st.sampled_from([(1, 1), (2, 1), (3, 1), (1, 2), (1, 3)]),
+       pad0=st.integers(-2, 4), pad1=st.integers(-2, 4), seed=st.integers(0, 2 ** 16))
+def test_polyphase_upfirdn_2d_equals_zero_insertion_and_grouped_conv(b, h, w, c, kh, kw, up_down, pad0, pad1, seed):
+  """The polyphase upfirdn_2d reproduces the former op to float32 rounding, any shape, kernel and padding."""
+  up, down = up_down
+  assume(min(h, w) * up + pad0 + pad1 >= max(kh, kw))  # a non-empty output
+  rng = np.random.RandomState(seed)
+  x = jnp.asarray(rng.randn(b, h, w, c), jnp.float32)
+  k = rng.rand(kh, kw).astype(np.float32)
+  out = uds.upfirdn_2d(x, k, up=up, down=down, pad0=pad0, pad1=pad1)
+  expected = _upfirdn_grouped_conv(x, k, up, down, pad0, pad1)
+  assert out.shape == expected.shape and out.dtype == x.dtype
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * float(np.abs(k).sum()))
+
+
+def test_upfirdn_2d_rejects_up_and_down_together():
+  with pytest.raises(ValueError, match='must be 1'):
+    uds.upfirdn_2d(jnp.ones((1, 4, 4, 1)), np.ones((2, 2), np.float32), up=2, down=2)
 
 
 def test_fir_resampling_identities():
@@ -335,6 +369,25 @@ def test_fir_resampling_identities():
                              conv(uds.upsample_2d(x, [1, 3, 3, 1]))[:, 2:-2, 2:-2], atol=1e-4)
   np.testing.assert_allclose(uds.conv_downsample_2d(x, w, [1, 3, 3, 1])[:, 1:-1, 1:-1],
                              uds.downsample_2d(conv(x), [1, 3, 3, 1])[:, 1:-1, 1:-1], atol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), groups=st.sampled_from([1, 2, 4, 8]),
+       per_group=st.integers(1, 4), offset=st.floats(-5., 5.), bf16=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_group_norm_equals_flax_group_norm(b, h, w, groups, per_group, offset, bf16, seed):
+  """layers.GroupNorm is flax's nn.GroupNorm (parameters, float32 statistics, output dtype) to rounding."""
+  rng = np.random.RandomState(seed)
+  dtype = jnp.bfloat16 if bf16 else jnp.float32
+  x = jnp.asarray(offset + 2 * rng.randn(b, h, w, groups * per_group), dtype)
+  ours, theirs = layers.GroupNorm(num_groups=groups), flax.linen.GroupNorm(num_groups=groups)
+  params = theirs.init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(0), x)) == jax.tree_util.tree_structure(params)
+  params = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.randn(*p.shape), dtype), params)
+  out, expected = ours.apply(params, x), theirs.apply(params, x)
+  assert out.dtype == expected.dtype == dtype
+  tol = 2 ** -7 if bf16 else 2e-5  # bfloat16: one rounding of the output apart
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(expected, np.float32),
+                             rtol=tol, atol=tol * float(np.abs(np.asarray(params['params']['bias'], np.float32)).max() + 1))
 
 
 def test_registry_and_noise_schedules():

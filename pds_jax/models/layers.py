@@ -63,9 +63,44 @@ ddpm_conv1x1 = functools.partial(_conv, kernel_size=1, ncsn=False)
 ddpm_conv3x3 = functools.partial(_conv, kernel_size=3, ncsn=False)
 
 
+class GroupNorm(nn.Module):
+  """flax's `nn.GroupNorm` (same parameters `scale`, `bias` of shape (C,), epsilon, float32 statistics,
+  variance E[x²] - E[x]² clipped at 0, output dtype), for (B, ..., C) inputs.
+
+  The statistics are summed per channel over the spatial axes first, then over the channels of each
+  group on the (B, C) sums; flax reduces a (B, ..., G, C/G) view over (..., C/G) at once, which XLA:CPU
+  runs about half as fast.
+  """
+  num_groups: int = 32
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    B, C = x.shape[0], x.shape[-1]
+    if C % self.num_groups:
+      raise ValueError(f'GroupNorm: {self.num_groups} groups do not divide the {C} channels of {x.shape}.')
+    scale = self.param('scale', jax.nn.initializers.ones, (C,))
+    bias = self.param('bias', jax.nn.initializers.zeros, (C,))
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    spatial = tuple(range(1, x.ndim - 1))
+    count = math.prod(x.shape[1:-1]) * (C // self.num_groups)
+
+    def group_mean(channel_sums: Array) -> Array:
+      """(B, C) per-channel sums → (B, C): the mean of each channel's group."""
+      sums = jnp.sum(jnp.reshape(channel_sums, (B, self.num_groups, -1)), axis=-1)
+      return jnp.repeat(sums / count, C // self.num_groups, axis=-1)
+
+    mean = group_mean(jnp.sum(xf, axis=spatial))
+    var = jnp.maximum(0., group_mean(jnp.sum(xf * xf, axis=spatial)) - mean * mean)
+    mul = jax.lax.rsqrt(var + self.epsilon) * scale
+    shape = (B,) + (1,) * len(spatial) + (C,)
+    y = (xf - jnp.reshape(mean, shape)) * jnp.reshape(mul, shape) + bias
+    return y.astype(jnp.result_type(x, scale, bias))
+
+
 def group_norm(x: Array) -> Array:
   """NCSN++'s GroupNorm: min(C // 4, 32) groups, flax's epsilon 1e-6; module `GroupNorm_<i>`."""
-  return nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32))(x)
+  return GroupNorm(num_groups=min(x.shape[-1] // 4, 32))(x)
 
 
 ###########################################################################

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pds_jax.models import layers
+
 Array = jax.Array
 _normal_init = jax.nn.initializers.normal(0.02)
 
@@ -28,7 +30,7 @@ def get_normalization(config, conditional: bool = False) -> Callable[..., nn.Mod
     num_classes = config.model.get('num_classes', config.model.num_scales)
     return functools.partial(ConditionalInstanceNorm2dPlus, num_classes=num_classes)
   norms = {'InstanceNorm': InstanceNorm2d, 'InstanceNorm++': InstanceNorm2dPlus,
-           'VarianceNorm': VarianceNorm2d, 'GroupNorm': nn.GroupNorm}
+           'VarianceNorm': VarianceNorm2d, 'GroupNorm': layers.GroupNorm}
   if norm not in norms:
     raise ValueError(f'Unknown normalization: {norm!r}; choose one of {sorted(norms)}.')
   return norms[norm]

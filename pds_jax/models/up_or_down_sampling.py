@@ -4,7 +4,7 @@ All arrays are NHWC, shape (B, H, W, C). A FIR kernel `k` is a 1-D list (separab
 or a 2-D array (default [1] * factor: nearest neighbour / box filter); it is normalised to sum to one
 and scaled by gain (× factor² when up-sampling), so a constant image keeps its value.
 """
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -27,20 +27,53 @@ def _setup_kernel(k: Optional[Sequence[float]], factor: int) -> np.ndarray:
   return k / np.sum(k)
 
 
+def _polyphase_taps(length: int, kh: int, up: int, down: int, pad0: int,
+                    pad1: int) -> Tuple[int, List[List[Tuple[int, int]]], int, Tuple[int, int]]:
+  """How `upfirdn_2d` reads one spatial axis of length `length` through a kh-tap filter.
+
+  Output pixel o = up·m + r (phase r < up) is Σ_t kf[t] · x[m·down + s] over the pairs (t, s) of phase r,
+  kf the flipped filter; taps that would meet an inserted zero are left out (one of up, down is 1).
+
+  Returns (output length, per phase its (t, s) pairs, pixels per phase m_max, (low, high) zero padding of x
+  so that every read index m·down + s + low is inside the padded axis).
+  """
+  out = (length * up + pad0 + pad1 - kh) // down + 1
+  phases = [[(t, (r + t - pad0) // up) for t in range(kh) if (r + t - pad0) % up == 0] for r in range(up)]
+  m_max = -(-out // up)
+  offsets = [s for phase in phases for _, s in phase]
+  low = max(0, -min(offsets))
+  return out, phases, m_max, (low, max(0, (m_max - 1) * down + max(offsets) + 1 - length))
+
+
 def upfirdn_2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0, pad1: int = 0) -> Array:
   """Upsample (insert up-1 zeros after each pixel), pad by (pad0, pad1) on H and W (crop if negative),
-  convolve each channel with the 2-D FIR kernel k, keep every `down`-th pixel (as scipy's upfirdn).
+  convolve each channel with the 2-D FIR kernel k (kh, kw), keep every `down`-th pixel (as scipy's upfirdn).
 
-  (B, H, W, C) → (B, (H·up + pad0 + pad1 - kh) // down + 1, ..., C).
+  Computed polyphase: each output phase is a weighted sum of shifted (strided) slices of the input, one
+  per filter tap that meets an input pixel, so no zeros are inserted, no skipped pixel is computed and no
+  grouped convolution is run (all three are slow on XLA:CPU). One of `up`, `down` must be 1.
+
+  (B, H, W, C) → (B, (H·up + pad0 + pad1 - kh) // down + 1, (W·up + pad0 + pad1 - kw) // down + 1, C).
   """
-  C = x.shape[-1]
-  zero = jnp.zeros((), x.dtype)
-  # lax.pad's interior padding inserts the zeros; the last pixel's zeros go into the high padding.
-  spatial = (pad0, pad1 + up - 1, up - 1)
-  x = jax.lax.pad(x, zero, [(0, 0, 0), spatial, spatial, (0, 0, 0)])
-  w = jnp.asarray(np.tile(k[::-1, ::-1, None, None], (1, 1, 1, C)), dtype=x.dtype)
-  return jax.lax.conv_general_dilated(x, w, window_strides=(down, down), padding='VALID',
-                                      dimension_numbers=_DIMS, feature_group_count=C)
+  if up > 1 and down > 1:
+    raise ValueError(f'upfirdn_2d: up ({up}) or down ({down}) must be 1.')
+  B, H, W, C = x.shape
+  kf = k[::-1, ::-1]
+  out_h, phases_h, m_h, pad_h = _polyphase_taps(H, k.shape[0], up, down, pad0, pad1)
+  out_w, phases_w, m_w, pad_w = _polyphase_taps(W, k.shape[1], up, down, pad0, pad1)
+  x = jnp.pad(x, [(0, 0), pad_h, pad_w, (0, 0)])
+
+  def phase(taps_h: List[Tuple[int, int]], taps_w: List[Tuple[int, int]]) -> Array:
+    """(B, m_h, m_w, C): one output phase; zeros if no tap meets an input pixel."""
+    terms = [float(kf[th, tw]) * jax.lax.slice(
+        x, (0, sh + pad_h[0], sw + pad_w[0], 0),
+        (B, sh + pad_h[0] + (m_h - 1) * down + 1, sw + pad_w[0] + (m_w - 1) * down + 1, C), (1, down, down, 1))
+             for th, sh in taps_h for tw, sw in taps_w]
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros((B, m_h, m_w, C), x.dtype)
+
+  # phases (r, q) → pixel (up·m + r, up·n + q): stack to (B, m_h, up, m_w, up, C) and merge.
+  y = jnp.stack([jnp.stack([phase(th, tw) for tw in phases_w], axis=3) for th in phases_h], axis=2)
+  return jnp.reshape(y, (B, m_h * up, m_w * up, C))[:, :out_h, :out_w]
 
 
 def upsample_2d(x: Array, k: Optional[Sequence[float]] = None, factor: int = 2, gain: float = 1) -> Array:

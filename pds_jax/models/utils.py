@@ -10,7 +10,7 @@ Inference dtype: `dtype` ('float32', 'bfloat16' or 'float16'; callers pass `conf
 casts the floating-point parameters and the input images to that dtype for the forward pass and
 returns float32 outputs. Noise labels and the Fourier-feature frequencies (`GaussianFourierProjection_*`,
 which multiply log σ by up to ~50 and would lose whole radians in bfloat16) stay float32; the time
-embedding is computed in float32 and then cast. GroupNorm statistics are computed in float32 by flax.
+embedding is computed in float32 and then cast. GroupNorm statistics are computed in float32 (`layers.GroupNorm`).
 Measured on the fixtures (nf 8): bfloat16 scores within 0.7-1.6 % (relative, per sample) of float32,
 float16 within 0.1-0.2 %; float16's range ends at 65504, so prefer bfloat16 for VE models whose inputs
 reach σ_max in the hundreds or thousands.
