@@ -13,10 +13,10 @@ One target per run (each writes results/samplers_<target>.json and .png):
   resolution
       PDS where it pays: vanilla PC vs PDS PC on the exact Gaussian at 64², 256² and 1024²
       (VE), N = 20 / 66 / 200 steps (ring log-variance error and KL per dimension).
-  alpha
-      The study behind the α(N) default (`sampling.pds_alpha`): the exact 64² Gaussian (VE), PC
-      with N = 10 … 200 steps, vanilla against official PDS at constant α (--alphas), the
-      corrector-only variant (α 5) and the α(N) rule.
+  alpha, alpha_vp
+      The study behind the α(N) default (`sampling.pds_alpha`): the exact 64² Gaussian (VE; VP for
+      alpha_vp), PC with N = 10 … 200 steps, vanilla against official PDS at constant α
+      (--alphas), the corrector-only and marginal-preserving variants (α 5) and the α(N) rule.
 Rows (method[+pds]/init; every sampler from the same per-sample keys):
   pc            score_sde's reverse_diffusion + langevin (snr 0.16), N steps, eps kept
   pc+pds        the same with PDS (Gaussian: the frequency mask of 200 clipped data draws; shipped:
@@ -54,7 +54,7 @@ from pds_jax import datasets, gaussian, preconditioning, sampling, sde_lib
 from pds_jax.init_aware import inits, store
 
 GAUSSIAN_TARGETS = ('gaussian64_ve', 'gaussian64_vp', 'gaussian256_ve', 'gaussian256_vp')
-TARGETS = GAUSSIAN_TARGETS + ('shipped', 'resolution', 'alpha')
+TARGETS = GAUSSIAN_TARGETS + ('shipped', 'resolution', 'alpha', 'alpha_vp')
 TOLERANCE = 1.05
 # Rows: name -> (config.sampling fields, the grid argument that lists its sizes, PDS, init).
 ROWS = {
@@ -112,7 +112,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
       setattr(args, name, '3,6')
     args.pc_steps = '25,40'  # VP's discrete chain needs β_max / N < 1
     args.dpm3_nodes, args.ode_tolerances, args.resolutions, args.resolution_steps = '3,4', '1e-2,1e-3', '16,32', '4,8'
-    args.alphas, args.alpha_steps = '3,5', '4,8'
+    args.alphas, args.alpha_steps = '3,5', '25,40'  # VP's discrete chain needs β_max / N < 1
   return args
 
 
@@ -245,7 +245,7 @@ def _fit_spectral_init(target: Target, folder: str, sigma_t_data: Optional[float
 def run(args) -> dict:
   if args.target == 'resolution':
     return run_resolution(args)
-  if args.target == 'alpha':
+  if args.target in ('alpha', 'alpha_vp'):
     return run_alpha(args)
   target = Target(args.target, args)
   floor = target.metrics(target.floor_images)
@@ -295,21 +295,28 @@ def _ring_error(samples: np.ndarray, reference: gaussian.GaussianReference) -> f
 
 
 def _pc_grid(args, size: int, num_samples: int, steps_grid: Sequence[int], variants: Dict[str, tuple],
-             results: Dict[str, List[dict]], prefix: str = '') -> None:
-  """PC on the exact VE Gaussian of `size`: variant name -> (pds_variant, α or 'rule' or None for vanilla)."""
+             results: Dict[str, List[dict]], prefix: str = '', sde_name: str = 'vesde') -> None:
+  """PC on the exact Gaussian of `size`: variant name -> (pds_variant, α or 'rule' or None for vanilla)."""
   from configs.gaussian.default_gaussian_configs import get_gaussian_config
   reference = gaussian.GaussianReference.power_law((size, size, 3))
   sigma_max = round(gaussian.song_ermon_sigma_max(reference, n=2000 if size <= 64 else 500 if size <= 256 else 200), 1)
-  sde, eps = sde_lib.get_sde(get_gaussian_config(size, sigma_max))
+  base = get_gaussian_config(size, sigma_max, sde=sde_name)
+  sde, eps = sde_lib.get_sde(base)
+  inverse_scaler = datasets.get_data_inverse_scaler(base)
+  score_fn = reference.affine(*((2., -1.) if base.data.centered else (1., 0.))).score_fn(sde)
   stats = _frequency_statistic(np.asarray(reference.sample(jax.random.PRNGKey(args.seed + 1), 200)))
   keys = sampling.sample_keys(args.seed, 0, num_samples)
   for steps in steps_grid:
     for name, (variant, alpha) in variants.items():
-      config = _row_config(get_gaussian_config(size, sigma_max), {'method': 'pc', 'pds_variant': variant}, steps, None)
+      config = _row_config(base, {'method': 'pc', 'pds_variant': variant}, steps, None)
       precond = None if alpha is None else _preconditioner(stats, str(alpha), steps)
-      fn = sampling.get_sampling_fn(config, sde, (num_samples, size, size, 3), lambda x: x, eps, precond)
+      fn = sampling.get_sampling_fn(config, sde, (num_samples, size, size, 3), inverse_scaler, eps, precond)
       start = time.time()
-      samples = np.asarray(jax.block_until_ready(fn(keys, reference.score_fn(sde))[0]), np.float64)
+      try:
+        samples = np.asarray(jax.block_until_ready(fn(keys, score_fn)[0]), np.float64)
+      except sampling.NonFiniteSampleError as e:  # VP's discrete chain needs β_max / N < 1
+        print(f'{prefix + name:18s} N={steps:4d} {e}', flush=True)
+        continue
       metrics = {**gaussian.metrics(samples, reference), 'ring_log_variance_error': _ring_error(samples, reference)}
       results.setdefault(prefix + name, []).append({
           'value': steps, 'nfe': float(fn.nfe), 'metrics': metrics, 'seconds_incl_compile': time.time() - start,
@@ -332,10 +339,14 @@ def run_alpha(args) -> dict:
   """The α × N study of the α(N) default on the exact 64² Gaussian (16² in the smoke setting)."""
   variants = {'vanilla': ('official', None), **{f'alpha={a:g}': ('official', a) for a in common.float_list(args.alphas)},
               'corrector_only alpha=5': ('corrector_only', 5.), 'rule': ('official', 'rule')}
+  if args.target == 'alpha_vp':
+    variants['marginal_preserving alpha=5'] = ('marginal_preserving', 5.)
   results: Dict[str, List[dict]] = {}
   num_samples = 16 if args.quick else (args.num_samples or 256)
-  _pc_grid(args, 16 if args.quick else 64, num_samples, common.int_list(args.alpha_steps), variants, results)
-  return {'target': 'alpha', 'num_samples': num_samples, 'results': results}
+  steps = common.int_list(args.alpha_steps)
+  sde_name = 'vpsde' if args.target == 'alpha_vp' else 'vesde'
+  _pc_grid(args, 16 if args.quick else 64, num_samples, steps, variants, results, sde_name=sde_name)
+  return {'target': args.target, 'num_samples': num_samples, 'results': results}
 
 
 # ----------------------------------------------------------------------------- summary, plot, tables
@@ -345,7 +356,7 @@ def _primary(payload: dict) -> str:
   return 'swd_avg' if payload['target'] == 'shipped' else 'kl_per_dim'
 
 
-PC_GRID_TARGETS = ('resolution', 'alpha')  # PC runs over N, tabulated per variant
+PC_GRID_TARGETS = ('resolution', 'alpha', 'alpha_vp')  # PC runs over N, tabulated per variant
 
 
 def summarise(payload: dict) -> dict:
@@ -380,7 +391,8 @@ def plot(payload: dict, path) -> None:
       for name, entries in results.items():
         ax.plot([e['value'] for e in entries], [e['metrics'][metric] for e in entries], marker='o', ms=3,
                 ls='--' if 'vanilla' in name else '-', label=name)
-      title = 'vanilla vs PDS by resolution' if payload['target'] == 'resolution' else 'PDS strength α vs N (64²)'
+      title = {'resolution': 'vanilla vs PDS by resolution', 'alpha': 'PDS strength α vs N (64², VE)',
+               'alpha_vp': 'PDS strength α vs N (64², VP)'}[payload['target']]
       ax.set(xscale='log', yscale='log', xlabel='PC steps N', ylabel=metric, title=f'{metric}: {title}')
       ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
