@@ -399,6 +399,7 @@ def plot(payload: dict, path) -> None:
   else:
     metric = _primary(payload)
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 13 rows: no repeated colour
     for row, entries in results.items():
       ax.plot([e['nfe'] for e in entries], [e['metrics'][metric] for e in entries], marker='o', ms=3,
               ls='--' if '/' in row else '-', label=row)
