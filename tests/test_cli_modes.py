@@ -76,8 +76,10 @@ def test_fit_init_then_init_aware_sampling_with_pds(tmp_path):
   out = _main(*GAUSSIAN_16, '--mode=fit_init', f'--workdir={tmp_path}', '--config.init_aware.num_images=300').stdout
   manifest = json.loads((tmp_path / 'init' / 'init.json').read_text())
   assert manifest['init'] == 'spectral_gaussian' and manifest['shape'] == [16, 16, 3]
-  # the spectral init is the exact p_T of Gaussian data: far better than N(0, σ_T² I) on held-out data
-  assert manifest['spectral_gaussian']['val_nll_per_dim'] < manifest['gaussian_baseline']['val_nll_per_dim'] - 1.
+  # σ_T from the principal-direction rule (the default), then the spectral init (the exact p_T of Gaussian
+  # data, fitted on 270 images) is clearly better than N(0, σ_T² I) on held-out data
+  assert manifest['sigma_t_rule']['rule'] == 'principal' and 0.1 < manifest['sigma_t'] < 5.
+  assert manifest['spectral_gaussian']['val_nll_per_dim'] < manifest['gaussian_baseline']['val_nll_per_dim'] - .2
   assert 'validation NLL' in out
   # the init_aware alias with its PC sampler: PDS applies to the stochastic sampler after the init
   _main(*GAUSSIAN_16, '--mode=compare', f'--workdir={tmp_path}', '--config.sampling.method=init_aware',
