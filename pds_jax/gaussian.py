@@ -265,6 +265,26 @@ class ColourGaussianReference(flax.struct.PyTreeNode):
   def plain(cls, reference: GaussianReference) -> 'ColourGaussianReference':
     return cls(base=reference, rotation=jnp.eye(reference.shape[2], dtype=jnp.float32))
 
+  @classmethod
+  def correlated(cls, reference: GaussianReference, luminance=(1., 0.8, 0.5), chroma_scale=(0.16, 0.08),
+                 mean=(0.78, 0.05, -0.03)) -> 'ColourGaussianReference':
+    """RGB images with correlated channels from a 3-channel reference's spectrum (tests and benchmarks).
+
+    z_0 (the reference's channel-0 spectrum) lies along the `luminance` direction, which is not
+    the gray axis (1, 1, 1)/√3, and z_1, z_2 are smaller (spectra scaled by chroma_scale²): the
+    colour of a pixel then depends on its gray level, so colorization is a real conditioning
+    problem (gaussian.ColourGaussianReference.condition_on_channels). Q is the Gram–Schmidt
+    completion of `luminance`; `mean` is μ_z (per channel).
+    """
+    if reference.shape[2] != 3:
+      raise ValueError(f'correlated colours need a 3-channel reference, got shape {reference.shape}.')
+    scale = np.array([1., *chroma_scale]) ** 2
+    q, _ = np.linalg.qr(np.array([[luminance[0], 0., 0.], [luminance[1], 1., 0.], [luminance[2], 0., 1.]]))
+    q = q * np.sign(q[0, 0])
+    base = GaussianReference(mean=jnp.broadcast_to(jnp.asarray(mean, jnp.float32), reference.shape),
+                             spectrum=jnp.asarray(np.asarray(reference.spectrum) * scale, jnp.float32))
+    return cls(base=base, rotation=jnp.asarray(q, jnp.float32))
+
   @property
   def shape(self) -> Shape:
     return self.base.shape

@@ -30,15 +30,6 @@ def _pds(reference, steps=STEPS):
   return preconditioning.from_statistics(freq, None, sampling.pds_alpha(steps), shape=reference.shape)
 
 
-def colour_reference() -> gaussian.ColourGaussianReference:
-  """Channel-correlated images: luminance-like z_0 along (1, 0.8, 0.5), small chroma z_1, z_2 (std 0.04, 0.02)."""
-  lam = np.asarray(REF.spectrum) * np.array([1., 0.16 ** 2, 0.08 ** 2])
-  q, _ = np.linalg.qr(np.array([[1., 0., 0.], [0.8, 1., 0.], [0.5, 0., 1.]]))
-  base = gaussian.GaussianReference(mean=jnp.broadcast_to(jnp.asarray([0.78, 0.05, -0.03]), REF.shape),
-                                    spectrum=jnp.asarray(lam, jnp.float32))
-  return gaussian.ColourGaussianReference(base=base, rotation=jnp.asarray(q * np.sign(q[0, 0]), jnp.float32))
-
-
 @pytest.mark.parametrize('pds', [False, True], ids=['vanilla', 'pds'])
 def test_inpainting_follows_the_exact_conditional(pds):
   y = REF.sample(jax.random.PRNGKey(0), 64)
@@ -55,7 +46,7 @@ def test_inpainting_follows_the_exact_conditional(pds):
 
 @pytest.mark.parametrize('pds', [False, True], ids=['vanilla', 'pds'])
 def test_colorization_follows_the_exact_conditional(pds):
-  reference = colour_reference()
+  reference = gaussian.ColourGaussianReference.correlated(REF)
   x = reference.sample(jax.random.PRNGKey(0), 64)
   gray = cg.to_grayscale(x)
   colorizer = cg.get_pc_colorizer(SDE, 'reverse_diffusion', 'langevin', lambda x: x, 0.16, eps=1e-5,
