@@ -14,7 +14,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Configuration file (ml_collections).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory (checkpoints/ of the model; outputs go under it).')
 flags.DEFINE_enum('mode', None, list(run_lib.MODES), 'Running mode.')
-flags.DEFINE_string('eval_folder', None, 'Output folder inside workdir (default: eval; compare, stats for those modes).')
+flags.DEFINE_string('eval_folder', None, 'Output folder inside workdir (default: eval; the mode name for compare, stats, likelihood, inpaint, colorize).')
 flags.DEFINE_float('speed_up', 1., 'PDS speed-up k: sample with int(num_scales / k) steps.')
 flags.DEFINE_float('alpha', 5., 'PDS mask strength alpha >= 1 (larger = closer to the vanilla sampler); '
                    'without this flag the config decides (default: alpha(N) = max(5, N / 5)).')
@@ -22,6 +22,9 @@ flags.DEFINE_string('freq_mask_path', None, 'Official PDS frequency statistic (.
 flags.DEFINE_string('space_mask_path', None, 'Official PDS space statistic (.npy, shape (C, H, W)).')
 flags.DEFINE_list('sample_dirs', None, '--mode eval: sample folders to score (default: workdir/eval).')
 flags.DEFINE_string('pytorch_checkpoint', None, 'score_sde_pytorch .pth file for --mode convert.')
+flags.DEFINE_string('input_dir', None, '--mode inpaint / colorize: a folder of png/jpg images (default: the eval split).')
+flags.DEFINE_string('mask_path', None, '--mode inpaint: a mask (.npy or .png, H×W or H×W×C, 1 = known pixel); '
+                    'default: config.inpaint.mask.')
 flags.DEFINE_string('jax_cache', os.path.expanduser('~/.cache/pds_jax/jax'),
                     'Persistent JAX compilation cache folder ("" to disable).')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: address:port of process 0 (jax.distributed).')
@@ -96,6 +99,12 @@ def main(argv):
       run_lib.fit_init(config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
       run_lib.evaluate(config, FLAGS.workdir, FLAGS.sample_dirs, FLAGS.eval_folder or 'eval')
+    elif FLAGS.mode == 'likelihood':
+      run_lib.likelihood(config, FLAGS.workdir, FLAGS.eval_folder or 'likelihood')
+    elif FLAGS.mode == 'inpaint':
+      run_lib.inpaint(config, FLAGS.workdir, FLAGS.input_dir, FLAGS.mask_path, FLAGS.eval_folder or 'inpaint')
+    elif FLAGS.mode == 'colorize':
+      run_lib.colorize(config, FLAGS.workdir, FLAGS.input_dir, FLAGS.eval_folder or 'colorize', FLAGS.mask_path)
   except (ValueError, FloatingPointError, OSError) as e:  # bad input, non-finite samples, a full disk: a message
     print(f'pds_jax: error: {e}', file=sys.stderr)
     sys.exit(2)

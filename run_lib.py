@@ -1,4 +1,5 @@
-"""The modes of `main.py`: train, sample, compare (vanilla vs PDS), convert, stats, eval, fit_init.
+"""The modes of `main.py`: train, sample, compare (vanilla vs PDS), convert, stats, eval, fit_init,
+likelihood (bits/dim), inpaint and colorize (controllable generation).
 
 Like score_sde's `run_lib.py`, each mode is a function of (config, workdir, ...); `main.py` only
 parses flags. Every input is validated before any compute starts, and every file is written
@@ -7,6 +8,7 @@ atomically (temp file + rename), so an interrupted run never leaves a half-writt
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +25,7 @@ from pds_jax.io_utils import atomic_write
 from pds_jax.preconditioning import Preconditioner
 
 GAUSSIAN_REFERENCE = 'gaussian_reference'
-MODES = ('train', 'sample', 'compare', 'convert', 'stats', 'eval', 'fit_init')
+MODES = ('train', 'sample', 'compare', 'convert', 'stats', 'eval', 'fit_init', 'likelihood', 'inpaint', 'colorize')
 SIGMA_T_RULES = ('principal', 'dip')
 
 
@@ -49,6 +51,34 @@ def image_grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2) -> 
     grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = (
         img if c == 3 else np.repeat(img[..., :1], 3, axis=-1))
   return (grid * 255).round().astype(np.uint8)
+
+
+def titled_grid(columns: Sequence[Tuple[str, np.ndarray]], min_size: int = 96, pad: int = 4) -> np.ndarray:
+  """Images side by side, one titled column per (title, images (N, H, W, C) in [0, 1]), as uint8 RGB.
+
+  Row i holds image i of every column; images are enlarged by an integer factor (nearest) to at
+  least `min_size` pixels so that small images stay legible, with the title above each column.
+  """
+  from PIL import Image, ImageDraw, ImageFont
+  n, h, w = columns[0][1].shape[:3]
+  scale = max(1, -(-min_size // max(h, w)))
+  cell_h, cell_w = h * scale, w * scale
+  font = ImageFont.load_default(size=max(12, min(20, cell_w // 7)))
+  title_h = font.getbbox('Ag')[3] + 2 * pad
+  width = len(columns) * (cell_w + pad) + pad
+  canvas = Image.new('RGB', (width, title_h + n * (cell_h + pad)), 'white')
+  draw = ImageDraw.Draw(canvas)
+  for j, (title, images) in enumerate(columns):
+    left = pad + j * (cell_w + pad)
+    text_w = draw.textlength(title, font=font)
+    draw.text((left + max(0, (cell_w - text_w) / 2), pad), title, fill='black', font=font)
+    for i, img in enumerate(np.clip(np.asarray(images, np.float32), 0, 1)):
+      img = img if img.shape[-1] == 3 else np.repeat(img[..., :1], 3, axis=-1)
+      tile = Image.fromarray((img * 255).round().astype(np.uint8)).resize((cell_w, cell_h), Image.NEAREST)
+      top = title_h + i * (cell_h + pad)
+      canvas.paste(tile, (left, top))
+      draw.rectangle((left - 1, top - 1, left + cell_w, top + cell_h), outline=(128, 128, 128))  # white masks too
+  return np.asarray(canvas)
 
 
 def write_png(path: str, grid: np.ndarray) -> None:
@@ -95,6 +125,11 @@ def validate_sampling_config(config) -> None:
                      f'({config.model.num_scales}).')
   if not s.snr > 0:
     raise ValueError(f'config.sampling.snr = {s.snr} must be > 0.')
+  validate_eval_batch(config)
+
+
+def validate_eval_batch(config) -> None:
+  """Checks config.eval's device layout, batch size and number of samples; raises ValueError."""
   if config.eval.parallel not in parallel_lib.PARALLEL_MODES:
     raise ValueError(f'config.eval.parallel = {config.eval.parallel!r}; choose one of {parallel_lib.PARALLEL_MODES}.')
   if config.eval.batch_size % jax.local_device_count():
@@ -196,15 +231,15 @@ def exact_metrics(config, accumulator: gaussian.MomentAccumulator) -> Optional[D
 # ----------------------------------------------------------------------------- modes
 
 
-def _shard_path(folder: str, round_index: int, host: int) -> str:
-  return os.path.join(folder, f'samples_{round_index}_{host}.npz')
+def _shard_path(folder: str, round_index: int, host: int, prefix: str = 'samples') -> str:
+  return os.path.join(folder, f'{prefix}_{round_index}_{host}.npz')
 
 
-def _finished_rounds(folder: str) -> Dict[int, str]:
-  """Round index -> shard file, for the complete shards in `folder` (written atomically)."""
-  done = {}
+def _finished_rounds(folder: str, prefix: str = 'samples') -> Dict[int, str]:
+  """Round index -> shard file `<prefix>_<round>_<host>.npz`, for the complete shards in `folder` (written atomically)."""
+  done, head = {}, prefix + '_'
   for name in os.listdir(folder):
-    parts = name[len('samples_'):-len('.npz')].split('_') if name.startswith('samples_') and name.endswith('.npz') else []
+    parts = name[len(head):-len('.npz')].split('_') if name.startswith(head) and name.endswith('.npz') else []
     if len(parts) == 2 and all(p.isdigit() for p in parts):
       done[int(parts[0])] = os.path.join(folder, name)
   return done
@@ -224,11 +259,11 @@ def _check_manifest(folder: str, manifest: Dict) -> None:
     write_json(path, manifest)
 
 
-def _wait_for_rounds(folder: str, num_rounds: int, timeout: float) -> Dict[int, str]:
+def _wait_for_rounds(folder: str, num_rounds: int, timeout: float, prefix: str = 'samples') -> Dict[int, str]:
   """Host 0 waits until every round's shard exists (other hosts write theirs)."""
   deadline = time.monotonic() + timeout
   while True:
-    done = _finished_rounds(folder)
+    done = _finished_rounds(folder, prefix)
     missing = [r for r in range(num_rounds) if r not in done]
     if not missing:
       return done
@@ -371,6 +406,366 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
   write_json(os.path.join(folder, 'report.json'), results)
   print(f'wrote {folder}/vanilla_vs_pds.png and report.json')
   return results
+
+
+# ----------------------------------------------------------------------------- likelihood, inpainting, colorization
+
+GAUSSIAN_EVAL_SEED_OFFSET = 11  # the Gaussian reference's "eval split": exact draws from a stream of their own
+BUILTIN_MASKS = ('center_square', 'left_half', 'random_50')
+DEQUANTIZATIONS = ('uniform', 'none')
+
+
+def gaussian_eval_images(config, indices: Sequence[int]) -> np.ndarray:
+  """Images `indices` of the Gaussian reference's eval set: exact draws of the data law (data space,
+  not clipped), image i from the key fold_in(PRNGKey(seed + 11), i)."""
+  reference = gaussian_reference(config)
+  base = jax.random.PRNGKey(config.seed + GAUSSIAN_EVAL_SEED_OFFSET)
+  keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
+  return np.asarray(jax.vmap(lambda key: reference.sample(key, 1)[0])(keys), np.float32)
+
+
+class _Images:
+  """The images a mode reads: image i of a job = image i % len of the source (float32 in [0, 1])."""
+
+  def __init__(self, config, split: str = 'eval', input_dir: Optional[str] = None):
+    self.config, self.gaussian = config, config.model.name == GAUSSIAN_REFERENCE and not input_dir
+    if input_dir:
+      files = datasets.image_files(os.path.expanduser(input_dir), '--input_dir')
+      self.source = datasets.FolderSource(files, config.data.image_size, input_dir)
+      self.name = os.path.abspath(input_dir)
+    elif self.gaussian:
+      self.source, self.name = None, f'{GAUSSIAN_REFERENCE} exact draws (seed {config.seed} + {GAUSSIAN_EVAL_SEED_OFFSET})'
+    else:
+      train, evaluation_split = datasets.get_sources(config)
+      self.source = {'train': train, 'eval': evaluation_split}[split]
+      self.name = self.source.name
+      if not len(self.source):
+        raise ValueError(f'{self.name}: the {split} split holds no images.')
+
+  @property
+  def count(self) -> Optional[int]:
+    """The number of distinct images (None: unlimited exact draws)."""
+    return None if self.source is None else len(self.source)
+
+  def read(self, indices: np.ndarray) -> np.ndarray:
+    indices = np.asarray(indices)
+    if self.gaussian:
+      return gaussian_eval_images(self.config, indices)
+    images = self.source.read(indices % len(self.source))[0]
+    return datasets.to_channels(images, self.config.data.num_channels).astype(np.float32)
+
+
+def _round_indices(r: int, batch: int, total: int) -> Tuple[np.ndarray, int]:
+  """Global image indices of round r, padded to the batch with the last image, and how many are real."""
+  idx = np.arange(r * batch, (r + 1) * batch)
+  return np.minimum(idx, total - 1), int(min(batch, total - r * batch))
+
+
+def likelihood(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'likelihood') -> Optional[Dict]:
+  """score_sde's `eval.enable_bpd`: bits/dim of eval.num_samples images, resumably, on all devices and hosts.
+
+  Images come from the split eval.bpd_dataset ('test' = the eval split, or 'train') of config.data
+  (repeated when num_samples exceeds it), or, for the Gaussian reference, exact draws of its data
+  law. 8-bit images are uniformly dequantized (config.likelihood.dequantization). Image i uses the
+  key fold_in(PRNGKey(seed), i), split into its Hutchinson noise and its dequantization noise.
+  Round r writes workdir/<eval_folder>/bpd_<r>_<host>.npz (per-image `bpd`, `image_index`, the
+  round's mean `nfe`; for the Gaussian reference also `bpd_exact`, the exact −log2 p(x)/D + offset
+  of the data law, and `bpd_exact_eps`, that of its marginal at eps, which the ODE integrates from).
+  Host 0 then writes report.json: `bpd` (mean), `bpd_std`, `bpd_sem`, `nfe`, the settings, and for
+  the Gaussian reference `bpd_exact` and the error of the mean.
+  """
+  from pds_jax import likelihood as likelihood_lib
+  validate_eval_batch(config)
+  lk = config.likelihood
+  dequantization = lk.dequantization or ('none' if config.model.name == GAUSSIAN_REFERENCE else 'uniform')
+  if dequantization not in DEQUANTIZATIONS:
+    raise ValueError(f'config.likelihood.dequantization = {dequantization!r}; choose one of {DEQUANTIZATIONS}.')
+  if config.eval.bpd_dataset.lower() not in ('test', 'train'):
+    raise ValueError(f"config.eval.bpd_dataset = {config.eval.bpd_dataset!r}; choose 'test' (the eval split) or 'train'.")
+  split = 'eval' if config.eval.bpd_dataset.lower() == 'test' else 'train'
+  sde, _ = sde_lib.get_sde(config)
+  parallel = config.eval.parallel
+  fn = likelihood_lib.get_likelihood_fn(sde, datasets.get_data_inverse_scaler(config), lk.hutchinson_type, lk.rtol,
+                                        lk.atol, lk.method, lk.eps, lk.max_steps,
+                                        **parallel_lib.sampler_devices(parallel))
+  images = _Images(config, split)
+  score_fn, info = get_score_fn(config, workdir, sde)
+  folder = _output_folder(workdir, eval_folder)
+  settings = {'mode': 'likelihood', 'sde': type(sde).__name__, 'hutchinson_type': lk.hutchinson_type,
+              'rtol': lk.rtol, 'atol': lk.atol, 'method': lk.method, 'eps': lk.eps, 'max_steps': lk.max_steps,
+              'dequantization': dequantization, 'offset': fn.offset, 'images': images.name, 'split': split,
+              'batch_size': config.eval.batch_size, 'seed': config.seed, **info}
+  _check_manifest(folder, {**settings, 'num_samples': config.eval.num_samples})
+  scaler = datasets.get_data_scaler(config)
+  exact = None
+  if config.model.name == GAUSSIAN_REFERENCE:
+    scale, shift = (2., -1.) if config.data.centered else (1., 0.)
+    exact = (gaussian_reference(config), gaussian_reference(config).affine(scale, shift))
+  batch, total = config.eval.batch_size, config.eval.num_samples
+  num_rounds, host = -(-total // batch), jax.process_index()
+  done = _finished_rounds(folder, 'bpd')
+  todo = [r for r in parallel_lib.host_rounds(num_rounds) if r not in done]
+  from tqdm.auto import tqdm
+  bar, seen = tqdm(todo, desc=f'bits/dim (host {host})', unit='round'), []
+  for r in bar:
+    indices, real = _round_indices(r, batch, total)
+    x = images.read(indices)
+    hutchinson_keys, dequantization_keys = likelihood_lib.image_keys(sampling.sample_keys(config.seed, r * batch, batch))
+    if dequantization == 'uniform':
+      x = np.asarray(likelihood_lib.uniform_dequantize(jnp.asarray(x), dequantization_keys))
+    bpd, _, nfe = fn(parallel_lib.place_keys(hutchinson_keys, parallel), score_fn, scaler(x))
+    shard = {'bpd': np.asarray(bpd, np.float64)[:real], 'image_index': np.arange(r * batch, r * batch + real),
+             'nfe': np.float64(nfe)}
+    if exact is not None:
+      dim = np.log(2.) * np.prod(x.shape[1:])
+      shard['bpd_exact'] = (-exact[0].log_prob(x[:real]) / dim + likelihood_lib.BITS_OFFSET_8BIT)
+      shard['bpd_exact_eps'] = -exact[1].log_prob(scaler(x[:real]), sde, lk.eps) / dim + fn.offset
+    write_npz(_shard_path(folder, r, host, 'bpd'), **shard)
+    seen.extend(shard['bpd'])
+    bar.set_postfix(bpd=f'{np.mean(seen):.4f}', nfe=f'{nfe:g}')
+  if host != 0:
+    return None
+  shards = _wait_for_rounds(folder, num_rounds, config.eval.wait_timeout, 'bpd')
+  values = {k: [] for k in ('bpd', 'bpd_exact', 'bpd_exact_eps')}
+  nfe_total = 0.
+  for r in range(num_rounds):
+    with np.load(shards[r]) as f:
+      for k in values:
+        if k in f:
+          values[k].append(f[k])
+      nfe_total += float(f['nfe']) * len(f['bpd'])
+  bpd = np.concatenate(values['bpd'])
+  report = {'settings': {**settings, 'parallel': parallel, 'devices_per_host': jax.local_device_count(),
+                         'hosts': jax.process_count()},
+            'num_images': len(bpd), 'bpd': float(bpd.mean()), 'bpd_std': float(bpd.std()),
+            'bpd_sem': float(bpd.std() / np.sqrt(len(bpd))), 'nfe': _as_count(nfe_total / len(bpd))}
+  if exact is not None:
+    bpd_exact, bpd_exact_eps = np.concatenate(values['bpd_exact']), np.concatenate(values['bpd_exact_eps'])
+    report.update(bpd_exact=float(bpd_exact.mean()), bpd_exact_eps=float(bpd_exact_eps.mean()),
+                  bpd_error=float(bpd.mean() - bpd_exact.mean()),
+                  bpd_error_rms_per_image=float(np.sqrt(np.mean((bpd - bpd_exact) ** 2))))
+  write_json(os.path.join(folder, 'report.json'), report)
+  line = f'bits/dim {report["bpd"]:.4f} ± {report["bpd_sem"]:.4f} over {len(bpd)} images, {report["nfe"]:.4g} NFE'
+  if exact is not None:
+    line += f'; exact {report["bpd_exact"]:.4f} (error of the mean {report["bpd_error"]:+.4f})'
+  print(line)
+  print(f'wrote {folder}/report.json')
+  return report
+
+
+def builtin_mask(name: str, shape: Tuple[int, int, int], seed: int = 0) -> np.ndarray:
+  """config.inpaint.mask: 'center_square', 'left_half' or 'random_50' as a float32 (H, W, C) 0/1 mask (1 = known)."""
+  h, w, c = shape
+  mask = np.ones((h, w), np.float32)
+  if name == 'center_square':
+    mask[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = 0.
+  elif name == 'left_half':
+    mask[:, w // 2:] = 0.
+  elif name == 'random_50':
+    mask = (np.random.default_rng(seed).random((h, w)) < 0.5).astype(np.float32)
+  else:
+    raise ValueError(f'config.inpaint.mask = {name!r}; choose one of {BUILTIN_MASKS} or pass --mask_path.')
+  return np.repeat(mask[..., None], c, axis=-1)
+
+
+def load_mask(path: str, shape: Tuple[int, int, int]) -> np.ndarray:
+  """An inpainting mask file as a float32 (H, W, C) 0/1 array (1 = known pixel).
+
+  `.npy`: (H, W) or (H, W, C) of 0/1 (bool, integer or float). Image files (`.png`, …): gray or
+  RGB, black = missing, white = known (0/255). H, W must be config.data.image_size.
+  """
+  h, w, c = shape
+  if not os.path.isfile(path):
+    raise ValueError(f'{path}: mask file not found.')
+  if path.lower().endswith('.npy'):
+    try:
+      mask = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+      raise ValueError(f'{path}: not a readable .npy array ({e}).') from e
+  else:
+    from PIL import Image, UnidentifiedImageError
+    try:
+      with Image.open(path) as im:
+        mask = np.asarray(im.convert('L') if im.mode in ('1', 'L', 'P', 'LA', 'I', 'I;16') else im.convert('RGB'))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+      raise ValueError(f'{path}: not a readable image ({e}).') from e
+    if mask.dtype == np.uint8 and np.all((mask == 0) | (mask == 255)):
+      mask = mask // 255
+  if mask.ndim == 3 and mask.shape[2] == 1:
+    mask = mask[..., 0]
+  if mask.ndim not in (2, 3) or mask.shape[:2] != (h, w) or (mask.ndim == 3 and mask.shape[2] != c):
+    raise ValueError(f'{path}: mask of shape {mask.shape}; expected (H, W) = {(h, w)} or (H, W, C) = {(h, w, c)} '
+                     '(config.data.image_size and num_channels).')
+  if mask.dtype.kind not in 'biuf' or not np.all((mask == 0) | (mask == 1)):
+    values = np.unique(mask)[:6] if mask.dtype.kind in 'biuf' else mask.dtype
+    raise ValueError(f'{path}: mask values must be 0 (missing) or 1 (known) (or 0 / 255 in an 8-bit image); '
+                     f'found {values}.')
+  mask = mask.astype(np.float32)
+  return np.repeat(mask[..., None], c, axis=-1) if mask.ndim == 2 else mask
+
+
+def _controllable(config, workdir: str, mode: str, input_dir: Optional[str], mask_path: Optional[str],
+                  eval_folder: str) -> Optional[Dict]:
+  """inpaint / colorize: see `inpaint`."""
+  from pds_jax import controllable_generation as cg
+  validate_sampling_config(config)
+  s = config.sampling
+  if s.method.lower() != 'pc':
+    raise ValueError(f"--mode {mode} runs score_sde's PC sampler; config.sampling.method = {s.method!r} "
+                     "(set --config.sampling.method=pc).")
+  shape = image_shape(config)
+  known_init = (config.inpaint if mode == 'inpaint' else config.colorize).known_init
+  if mode == 'inpaint':
+    mask = load_mask(mask_path, shape) if mask_path else builtin_mask(config.inpaint.mask, shape, config.inpaint.mask_seed)
+    if mask.min() == 1:
+      raise ValueError(f'the mask ({mask_path or config.inpaint.mask}) marks every pixel known: nothing to inpaint.')
+    mask_name = mask_path or config.inpaint.mask
+  else:
+    if mask_path:
+      raise ValueError('--mode colorize observes the gray level of every pixel; it takes no --mask_path.')
+    if shape[2] != 3:
+      raise ValueError(f'--mode colorize needs RGB images; config.data.num_channels = {shape[2]}.')
+    mask = np.broadcast_to(np.array([1., 0., 0.], np.float32), shape)  # the gray channel of the colour basis
+    mask_name = 'gray channel'
+  images = _Images(config, 'eval', input_dir)
+  total = config.eval.num_samples if images.count is None else min(config.eval.num_samples, images.count)
+  devices = jax.local_device_count()
+  batch = min(config.eval.batch_size, -(-total // devices) * devices)
+  preconditioner = load_preconditioner(config)
+  sde, eps = sde_lib.get_sde(config)
+  make = cg.get_pc_inpainter if mode == 'inpaint' else cg.get_pc_colorizer
+  conditional = make(sde, s.predictor.lower(), s.corrector.lower(), datasets.get_data_inverse_scaler(config), s.snr,
+                     s.n_steps_each, s.probability_flow, config.training.continuous, s.noise_removal, eps,
+                     preconditioner=preconditioner, pds_variant=s.pds_variant, speed_up=s.speed_up,
+                     known_init=known_init, **parallel_lib.sampler_devices(config.eval.parallel))
+  score_fn, info = get_score_fn(config, workdir, sde)
+  folder = _output_folder(workdir, eval_folder)
+  settings = {'mode': mode, 'sde': type(sde).__name__, 'predictor': s.predictor, 'corrector': s.corrector,
+              'snr': s.snr, 'n_steps_each': s.n_steps_each, 'num_steps': conditional.solver.num_steps,
+              'eps': conditional.solver.eps, 'speed_up': s.speed_up, 'denoise': s.noise_removal,
+              'pds_variant': s.pds_variant, 'preconditioned': not preconditioner.is_identity,
+              'alpha': sampling.resolve_alpha(config), 'freq_mask_path': s.freq_mask_path,
+              'space_mask_path': s.space_mask_path, 'known_init': known_init, 'mask': mask_name,
+              'mask_sha1': hashlib.sha1(np.ascontiguousarray(mask)).hexdigest(), 'known_fraction': float(mask.mean()),
+              'images': images.name, 'batch_size': batch, 'seed': config.seed, **info}
+  _check_manifest(folder, {**settings, 'num_samples': total})
+  scaler, parallel = datasets.get_data_scaler(config), config.eval.parallel
+  num_rounds, host = -(-total // batch), jax.process_index()
+  done = _finished_rounds(folder)
+  todo = [r for r in parallel_lib.host_rounds(num_rounds) if r not in done]
+  from tqdm.auto import tqdm
+  for r in tqdm(todo, desc=f'{mode} rounds (host {host})', unit='round'):
+    indices, real = _round_indices(r, batch, total)
+    x = images.read(indices)
+    keys = parallel_lib.place_keys(sampling.sample_keys(config.seed, r * batch, batch), parallel)
+    if mode == 'inpaint':
+      out, nfe = conditional(keys, score_fn, scaler(x), mask, num_chunks=s.num_chunks, progress=True)
+      extra = {'mask': mask}
+    else:
+      gray = np.asarray(cg.to_grayscale(x))
+      out, nfe = conditional(keys, score_fn, scaler(gray), num_chunks=s.num_chunks, progress=True)
+      extra = {'gray': gray[:real], 'mask': mask}
+    out = np.asarray(out, np.float32)[:real]
+    write_npz(_shard_path(folder, r, host), samples=np.clip(out * 255., 0, 255).astype(np.uint8), samples_float=out,
+              observed=x[:real], nfe=np.float64(nfe), **extra)
+  if host != 0:
+    return None
+  return _controllable_report(config, mode, folder, _wait_for_rounds(folder, num_rounds, config.eval.wait_timeout),
+                              num_rounds, settings, exact=images.gaussian)
+
+
+def _controllable_report(config, mode: str, folder: str, shards: Dict[int, str], num_rounds: int,
+                         settings: Dict, exact: bool) -> Dict:
+  """report.json and grid.png of an inpaint / colorize folder, streaming over its shards; `exact`: the
+  images are exact draws of the Gaussian reference, so the exact conditional error is reported."""
+  from pds_jax import controllable_generation as cg
+  reference = gaussian_reference(config) if exact else None
+  sums = {'count': 0, 'nfe': 0., 'known_abs_error': 0., 'unknown_sq_error': 0., 'unknown_count': 0.,
+          'exact_sq_error': 0., 'exact_gap': 0.}
+  preview, trace = [], None
+  for r in range(num_rounds):
+    with np.load(shards[r]) as f:
+      out, x, mask = f['samples_float'], f['observed'], f['mask']
+      n = len(out)
+      observed_view = cg.to_grayscale(x) if mode == 'colorize' else x
+      sums['nfe'] += float(f['nfe']) * n
+    if mode == 'inpaint':
+      known_error = np.abs((out - x) * mask).max()
+      unknown = np.broadcast_to(mask == 0, out.shape)
+    else:
+      known_error = np.abs(out.mean(-1) - x.mean(-1)).max()
+      unknown = np.ones(out.shape, bool)
+    sums['known_abs_error'] = max(sums['known_abs_error'], float(known_error))
+    sums['unknown_sq_error'] += float(np.sum(((out - x) * unknown) ** 2))
+    sums['unknown_count'] += float(unknown.sum())
+    sums['count'] += n
+    if exact:
+      if mode == 'inpaint':
+        conditional = reference.condition_on_pixels(x, mask)
+      else:
+        conditional = gaussian.ColourGaussianReference.plain(reference).condition_on_channels(x, cg.COLOR_MATRIX, [0])
+      trace = conditional.trace
+      sums['exact_sq_error'] += float(np.sum(conditional.squared_errors(out)))
+      sums['exact_gap'] += conditional.ignore_ratio() * trace * n
+    if sum(len(p[0]) for p in preview) < 8:
+      k = 8 - sum(len(p[0]) for p in preview)
+      preview.append((out[:k], x[:k], np.asarray(observed_view)[:k], np.broadcast_to(mask, out.shape)[:k]))
+  out, x, observed_view, mask = (np.concatenate(p) for p in zip(*preview))
+  if mode == 'inpaint':
+    columns = [('input', x * mask + 0.5 * (1. - mask)), ('mask', mask), ('result', out), ('original', x)]
+  else:
+    columns = [('grayscale', observed_view), ('result', out), ('original', x)]
+  write_png(os.path.join(folder, 'grid.png'), titled_grid(columns))
+  count = sums['count']
+  report = {'settings': {**settings, 'parallel': config.eval.parallel, 'devices_per_host': jax.local_device_count(),
+                         'hosts': jax.process_count()},
+            'num_images': count, 'nfe_per_sample': _as_count(sums['nfe'] / count),
+            'known_max_abs_error': sums['known_abs_error'],
+            'unknown_mse_vs_original': sums['unknown_sq_error'] / max(sums['unknown_count'], 1.)}
+  if exact:
+    report['exact_conditional'] = {
+        'error_ratio': sums['exact_sq_error'] / count / trace,
+        'ignore_observation_ratio': sums['exact_gap'] / count / trace,
+        'trace_conditional_covariance': trace,
+        'what': 'mean_i |x_U,i - mu_c,i|^2 / tr(Sigma_c) over the unknown coordinates (1 for exact conditional '
+                'draws); ignore_observation_ratio: the same for exact draws that ignore the observation'}
+  write_json(os.path.join(folder, 'report.json'), report)
+  line = f'{mode}: {count} images, {report["nfe_per_sample"]} NFE, known pixels max |error| {sums["known_abs_error"]:.2g}'
+  if exact:
+    line += (f', exact conditional error ratio {report["exact_conditional"]["error_ratio"]:.4f} (1 = exact; '
+             f'ignoring the observation: {report["exact_conditional"]["ignore_observation_ratio"]:.3f})')
+  print(line)
+  print(f'wrote {folder}/grid.png and report.json')
+  return report
+
+
+def inpaint(config: ml_collections.ConfigDict, workdir: str, input_dir: Optional[str] = None,
+            mask_path: Optional[str] = None, eval_folder: str = 'inpaint') -> Optional[Dict]:
+  """score_sde's inpainting (`controllable_generation.get_pc_inpainter`) with PDS, resumably, on all devices.
+
+  Images: the png/jpg files of `input_dir` (recursively, centre-cropped and resized like 'folder'
+  data), else config.data's eval split, else (Gaussian reference) exact draws of its data law; the
+  first eval.num_samples of them. Mask: `mask_path` (.npy or an image, (H, W) or (H, W, C), 1 =
+  known) or config.inpaint.mask. The sampler is config.sampling's PC method with the PDS masks
+  when set (identity otherwise), speed_up and pds_variant; config.inpaint.known_init chooses the
+  known region at T. Round r writes workdir/<eval_folder>/samples_<r>_<host>.npz (`samples` uint8,
+  `samples_float`, `observed`: the input images in [0, 1], `mask`, `nfe`); host 0 writes grid.png
+  (columns input | mask | result | original) and report.json (NFE, settings, the known pixels'
+  largest error, the unknown pixels' MSE to the originals and, for the Gaussian reference, the
+  exact conditional error ratio).
+  """
+  return _controllable(config, workdir, 'inpaint', input_dir, mask_path, eval_folder)
+
+
+def colorize(config: ml_collections.ConfigDict, workdir: str, input_dir: Optional[str] = None,
+             eval_folder: str = 'colorize', mask_path: Optional[str] = None) -> Optional[Dict]:
+  """score_sde's colorization (`get_pc_colorizer`) with PDS: like `inpaint`, observing each image's gray level.
+
+  The shards also hold `gray` (the gray-scale input, R = G = B); grid.png has the columns
+  grayscale | result | original; report.json's exact ratio is over the two colour channels of
+  score_sde's orthonormal colour basis. A mask is refused.
+  """
+  return _controllable(config, workdir, 'colorize', input_dir, mask_path, eval_folder)
 
 
 def convert(config: ml_collections.ConfigDict, workdir: str, pytorch_checkpoint: Optional[str]) -> str:

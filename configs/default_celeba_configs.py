@@ -1,8 +1,8 @@
 """Default CelebA settings, as in score_sde's `configs/default_celeba_configs.py`, plus PDS fields."""
 import ml_collections
 
-from configs.default_pds import (add_data_fields, add_pds_fields, add_scale_fields,
-                                 add_stats_and_metric_fields, add_init_aware_fields)
+from configs.default_pds import (add_controllable_fields, add_data_fields, add_init_aware_fields, add_likelihood_fields,
+                                 add_pds_fields, add_scale_fields, add_stats_and_metric_fields)
 
 
 def get_default_configs():
@@ -78,4 +78,6 @@ def get_default_configs():
   add_data_fields(config.data)
   add_stats_and_metric_fields(config)
   add_init_aware_fields(config)
+  add_likelihood_fields(config)
+  add_controllable_fields(config)
   return config

@@ -157,3 +157,48 @@ def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
   ia.tarflow = ml_collections.ConfigDict(dict(patch_size=2, channels=128, num_blocks=1, layers_per_block=8,
                                               head_dim=64, expansion=4, data_scale=config_dict.placeholder(float)))
   ia.coupling = ml_collections.ConfigDict(dict(base='gaussian', df=3., flow_layers=5, nn_width=50, nn_depth=3))
+
+
+def add_likelihood_fields(config: ml_collections.ConfigDict) -> None:
+  """Adds `config.likelihood` (--mode likelihood, `pds_jax.likelihood.get_likelihood_fn`) in place.
+
+  hutchinson_type: 'Rademacher' or 'Gaussian' (score_sde's Hutchinson–Skilling noise, one ε per
+    image), or 'exact' (the full Jacobian trace: D Jacobian-vector products per step, small images).
+  rtol, atol, method: the adaptive ODE solver (score_sde: 1e-5, 1e-5, 'RK45' = Dormand–Prince
+    5(4); or 'tsit5'); max_steps: its step budget per image.
+  eps: the ODE runs from eps to T (score_sde: 1e-5 for every SDE).
+  dequantization: 'uniform' (score_sde's (255 x + u) / 256 on 8-bit data; without it bits/dim can
+    go negative) or 'none'; None (the default): 'uniform' for image data, 'none' for the
+    continuous Gaussian reference.
+  The images are eval.num_samples images of the split eval.bpd_dataset ('test': the eval split,
+  'train'), in rounds of eval.batch_size; with more images than the split holds, the split is
+  repeated with fresh dequantization noise (score_sde repeats its test set 5 times).
+  """
+  config.likelihood = lk = ml_collections.ConfigDict()
+  lk.hutchinson_type = 'Rademacher'
+  lk.rtol = 1e-5
+  lk.atol = 1e-5
+  lk.method = 'RK45'
+  lk.eps = 1e-5
+  lk.max_steps = 4096
+  lk.dequantization = config_dict.placeholder(str)
+
+
+def add_controllable_fields(config: ml_collections.ConfigDict) -> None:
+  """Adds `config.inpaint` and `config.colorize` (--mode inpaint / colorize) in place.
+
+  Both run score_sde's PC sampler with the config.sampling fields (predictor, corrector, snr,
+  n_steps_each, noise_removal, speed_up, PDS masks, alpha, pds_variant, num_chunks).
+  inpaint.mask: the built-in mask when --mask_path is not given: 'center_square' (the central
+    H/2 × W/2 square is missing), 'left_half' (the left half is known, as in score_sde's notebook)
+    or 'random_50' (each pixel known with probability ½, the same for every channel and image).
+  inpaint.mask_seed: the seed of 'random_50'.
+  known_init: the known region at T: 'data' (score_sde: the observation itself) or 'marginal'
+    (score_sde_pytorch issue #39: its time-T marginal m_T y + σ_T ξ).
+  """
+  config.inpaint = inpaint = ml_collections.ConfigDict()
+  inpaint.mask = 'center_square'
+  inpaint.mask_seed = 0
+  inpaint.known_init = 'data'
+  config.colorize = colorize = ml_collections.ConfigDict()
+  colorize.known_init = 'data'

@@ -416,15 +416,20 @@ def _data_path(config) -> str:
   return os.path.expanduser(path)
 
 
-def _folder_sources(config) -> Tuple[ImageSource, ImageSource]:
-  folder = _data_path(config)
+def image_files(folder: str, what: str = 'config.data.path') -> Sequence[str]:
+  """The image files under `folder` (recursively), sorted by relative path; errors name `what`."""
   if not os.path.isdir(folder):
-    raise DatasetError(f'{folder}: config.data.path is not a folder.')
+    raise DatasetError(f'{folder}: {what} is not a folder.')
   files = sorted(os.path.relpath(os.path.join(root, f), folder) for root, _, names in os.walk(folder)
                  for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
   if not files:
     raise DatasetError(f'{folder}: no image files ({", ".join(IMAGE_EXTENSIONS)}) found (searched recursively).')
-  files = [os.path.join(folder, f) for f in files]
+  return [os.path.join(folder, f) for f in files]
+
+
+def _folder_sources(config) -> Tuple[ImageSource, ImageSource]:
+  folder = _data_path(config)
+  files = image_files(folder)
   train_idx, eval_idx = index_split(len(files))
   size = config.data.image_size
   return (FolderSource([files[i] for i in train_idx], size, f'{folder}/train'),

@@ -4,8 +4,10 @@ A method is a `Solver`: a pure step function over a state pytree whose leaves al
 as their leading axis (k-diffusion's uniformity, diffrax's separation of the solver from the loop):
 
   state = solver.init(rng, x_T)                       x_T (B, H, W, C) at time solver.t_start
+  state = solver.init(rng, x_T, cond)                 conditional solvers: cond, batch-leading arrays
   state = solver.step(score_fn, preconditioner, state, i)   i = 0 … solver.num_steps - 1
   x     = solver.output(state)                        samples in the SDE's variable at t = eps / 0
+  aux   = solver.aux(state)                           per-sample results beyond x (e.g. log-densities)
 
 `Sampler` adds everything else once, for every method:
 - x_T: the SDE's prior at T (multiplied by M when the method is preconditioned: official PDS), an
@@ -110,7 +112,11 @@ class Solver(abc.ABC):
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, x: jax.Array) -> State:
-    """The state before step 0 from x_T (B, H, W, C) at `t_start` and the keys left after drawing x_T."""
+    """The state before step 0 from x_T (B, H, W, C) at `t_start` and the keys left after drawing x_T.
+
+    A conditional solver takes a third argument `cond`: the caller's conditioning arrays (a pytree
+    of (B, ...) arrays, e.g. observed pixels and a mask), mapped over devices like x_T.
+    """
 
   @abc.abstractmethod
   def step(self, score_fn: ScoreFn, preconditioner: Preconditioner, state: State, i: jax.Array) -> State:
@@ -132,6 +138,10 @@ class Solver(abc.ABC):
   def nfe(self, state: State) -> jax.Array:
     """(B,) score evaluations spent on each sample of the final state."""
     return jnp.full(self.output(state).shape[:1], self.static_nfe, jnp.int32)
+
+  def aux(self, state: State) -> dict:
+    """Per-sample results of the final state beyond the samples: a dict of (B, ...) arrays (default none)."""
+    return {}
 
   def check_final(self, state: State) -> None:
     """Host-side check of the final state (e.g. an adaptive solve that stopped early); raises."""
@@ -185,7 +195,7 @@ class Sampler:
     self._first_bad_shape = (mesh.size,) if mesh is not None else (1,)  # one entry per device
     if pmap:
       solver.axis_name = solver.axis_name or 'batch'
-      self._start = jax.pmap(self._start_impl, in_axes=(0, None, None, 0))
+      self._start = jax.pmap(self._start_impl, in_axes=(0, None, None, 0, 0))
       self._run = jax.pmap(self._run_impl, axis_name=solver.axis_name, in_axes=(None, None, 0, None),
                            static_broadcasted_argnums=(4,))
       self._finish = jax.pmap(self._finish_impl)
@@ -197,11 +207,11 @@ class Sampler:
       # device-varying type JAX cannot infer; every per-device program here is batch-parallel.
       per_device = lambda fn, in_specs, out_specs: jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
                                                                  out_specs=out_specs, check_vma=False)
-      self._start = jax.jit(per_device(self._start_impl, (batch, rep, rep, batch), carry))
+      self._start = jax.jit(per_device(self._start_impl, (batch, rep, rep, batch, batch), carry))
       self._run = jax.jit(lambda score_fn, precond, c, start, length: per_device(
           functools.partial(self._run_impl, length=length), (rep, rep, carry, rep), carry)(
               score_fn, precond, c, start), static_argnums=(4,))
-      self._finish = jax.jit(per_device(self._finish_impl, (carry,), (batch, batch)))
+      self._finish = jax.jit(per_device(self._finish_impl, (carry,), (batch, batch, batch)))
     else:
       self._start = jax.jit(self._start_impl)
       self._run = jax.jit(self._run_impl, static_argnums=(4,))
@@ -232,12 +242,13 @@ class Sampler:
       x = init.sample(rng, shape[0])
     return sde.edm_scale(jnp.float32(self.solver.t_start)) * x
 
-  def _start_impl(self, rng, preconditioner, init, x_init):
+  def _start_impl(self, rng, preconditioner, init, x_init, cond):
     rng, init_rng = split(rng)
     if x_init is None:
       shape = (rng.shape[0],) + self.shape[1:] if rng.ndim == 2 else self.shape
       x_init = self._draw(init_rng, preconditioner, init, shape)
-    return self.solver.init(rng, x_init), jnp.full((1,), -1, jnp.int32)
+    state = self.solver.init(rng, x_init) if cond is None else self.solver.init(rng, x_init, cond)
+    return state, jnp.full((1,), -1, jnp.int32)
 
   def _step(self, score_fn, preconditioner, carry, i):
     state, first_bad = carry
@@ -252,14 +263,14 @@ class Sampler:
 
   def _finish_impl(self, carry):
     state, _ = carry
-    return self.inverse_scaler(self.solver.output(state)), self.solver.nfe(state)
+    return self.inverse_scaler(self.solver.output(state)), self.solver.nfe(state), self.solver.aux(state)
 
   # -- the host loop
 
   def __call__(self, rng: jax.Array, score_fn: ScoreFn, preconditioner: Optional[Preconditioner] = None, *,
                num_chunks: int = 1, progress: bool = False,
                callback: Optional[Callable[[int, jax.Array], None]] = None,
-               x_init: Optional[jax.Array] = None) -> Tuple[jax.Array, float]:
+               x_init: Optional[jax.Array] = None, cond: Any = None, return_aux: bool = False):
     """Draws one batch of samples.
 
     Args:
@@ -272,10 +283,12 @@ class Sampler:
       callback: called as callback(steps_done, snapshot (B, H, W, C)) after each chunk.
       x_init: x_T (B, H, W, C) in the SDE's variable at `solver.t_start`, used as given (no M), in
         place of the prior or init draw.
+      cond: a conditional solver's conditioning, a pytree of (B, ...) arrays given to `solver.init`.
+      return_aux: also return `solver.aux` of the final state (a dict of (B, ...) arrays).
 
     Returns:
       (samples after the inverse scaler, score evaluations per sample: an int for fixed-step
-      methods, the batch mean for adaptive ones).
+      methods, the batch mean for adaptive ones), and the aux dict third when `return_aux`.
 
     Raises:
       NonFiniteSampleError: if any state became NaN/Inf, with the first step where it did.
@@ -295,7 +308,13 @@ class Sampler:
         x_init = x_init.reshape(rng.shape[:2] + self.shape[1:])
     elif self.init is None and self.solver.t_start != self.solver.sde.T:
       raise ValueError(f'{self.solver.name} starts at t = {self.solver.t_start:.6g} < T: pass an init q_T or x_init.')
-    carry = self._start(rng, preconditioner, self.init, x_init)
+    if cond is not None:
+      for leaf in jax.tree_util.tree_leaves(cond):
+        if leaf.shape[:1] != self.shape[:1]:
+          raise ValueError(f'cond arrays need the batch ({self.shape[0]}) as their leading axis, got {leaf.shape}.')
+      if self.pmap:
+        cond = jax.tree_util.tree_map(lambda a: a.reshape(rng.shape[:2] + a.shape[1:]), cond)
+    carry = self._start(rng, preconditioner, self.init, x_init, cond)
     bar = None
     if progress:
       from tqdm.auto import tqdm
@@ -311,10 +330,11 @@ class Sampler:
     finally:
       if bar is not None:
         bar.close()
-    samples, nfe = self._finish(carry)
+    samples, nfe, aux = self._finish(carry)
     self.solver.check_final(carry[0])
     if self.pmap:
       samples = samples.reshape(self.shape)
+      aux = jax.tree_util.tree_map(lambda a: a.reshape(self.shape[:1] + a.shape[2:]), aux)
     bad = np.asarray(carry[1]).ravel()  # one entry per device
     if np.any(bad >= 0):
       first_bad = int(bad[bad >= 0].min())
@@ -322,14 +342,15 @@ class Sampler:
     if not bool(jnp.all(jnp.isfinite(samples))):
       raise NonFiniteSampleError(n - 1, self.solver.step_times()[n - 1], n, self.solver.name)
     nfe = np.asarray(nfe).ravel()
-    return samples, (int(nfe[0]) if np.all(nfe == nfe[0]) else float(nfe.mean()))
+    nfe = int(nfe[0]) if np.all(nfe == nfe[0]) else float(nfe.mean())
+    return (samples, nfe, aux) if return_aux else (samples, nfe)
 
   # -- compile-time studies (benchmarks/compile.py, benchmarks/scaling.py)
 
   def initial_carry(self, rng: jax.Array, preconditioner: Optional[Preconditioner] = None):
     """The scan's carry before step 0 (x_T drawn), laid out for this sampler's devices."""
     preconditioner = Preconditioner() if preconditioner is None else preconditioner
-    return self._start(self._per_device(rng) if self.pmap else rng, preconditioner, self.init, None)
+    return self._start(self._per_device(rng) if self.pmap else rng, preconditioner, self.init, None, None)
 
   def lower_scan(self, score_fn: ScoreFn, preconditioner: Optional[Preconditioner], carry,
                  length: Optional[int] = None) -> jax.stages.Lowered:

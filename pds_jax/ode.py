@@ -1,4 +1,4 @@
-"""The probability-flow ODE solved with diffrax: score_sde's `ode` sampler (and the likelihood's ODE).
+"""The probability-flow ODE solved with diffrax: score_sde's `ode` sampler and the likelihood's ODE.
 
 score_sde's `get_ode_sampler` integrates the probability-flow ODE (Song et al. 2021, eq. 13)
   dx/dt = f(x, t) - ½ g(t)² ∇log p_t(x)
@@ -67,6 +67,37 @@ def probability_flow_drift(sde: sde_lib.SDE) -> Callable:
     return out[0]
 
   return drift
+
+
+HUTCHINSON_TYPES = ('Rademacher', 'Gaussian', 'exact')
+
+
+def divergence_drift(sde: sde_lib.SDE, hutchinson_type: str = 'Rademacher') -> Callable:
+  """The probability-flow ODE augmented with its divergence, for the likelihood (score_sde's `get_div_fn`).
+
+  Returns field(t, (x, _), (score_fn, ε)) = (f̃(t, x), ∇·f̃(t, x)) for one sample, f̃ the
+  `probability_flow_drift`. Along the flow d/dt log p_t(x(t)) = -∇·f̃, so integrating the second
+  component from eps to T gives log p_eps(x) = log p_T(x_T) + ∫ ∇·f̃ dt (Song et al. 2021, eq. 39).
+    'Rademacher', 'Gaussian'  Hutchinson–Skilling: ∇·f̃ ≈ εᵀ (∂f̃/∂x) ε with the sample's fixed ε
+                              (one Jacobian-vector product; score_sde uses a vector-Jacobian one);
+    'exact'                   the trace of ∂f̃/∂x from D Jacobian-vector products (small images).
+  """
+  if hutchinson_type not in HUTCHINSON_TYPES:
+    raise ValueError(f'likelihood: hutchinson_type = {hutchinson_type!r}; choose one of {HUTCHINSON_TYPES}.')
+  drift = probability_flow_drift(sde)
+
+  def field(t, y, args):
+    x, _ = y
+    score_fn, noise = args
+    flow = lambda x: drift(t, x, score_fn)
+    if hutchinson_type == 'exact':
+      basis = jnp.eye(x.size, dtype=x.dtype).reshape((x.size,) + x.shape)
+      f, columns = jax.vmap(lambda v: jax.jvp(flow, (x,), (v,)), out_axes=(None, 0))(basis)
+      return f, jnp.trace(columns.reshape(x.size, x.size))
+    f, jvp = jax.jvp(flow, (x,), (noise,))
+    return f, jnp.sum(jvp * noise)
+
+  return field
 
 
 class ODEState(NamedTuple):

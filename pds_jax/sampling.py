@@ -344,16 +344,20 @@ class PCSolver(Solver):
   def step(self, score_fn, preconditioner, state, i):
     if self.kappa != 1:
       score_fn = Partial(functools.partial(_rescaled_time_score, kappa=self.kappa), score_fn)
-    rng, x, x_mean = state
+    rng, x, x_mean = state[:3]
     t = jnp.linspace(self.run_sde.T, self.run_eps, self.run_sde.N)[i]
     vec_t = jnp.ones(x.shape[0]) * t
     corrector = self.corrector(self.run_sde, score_fn, self.snr, self.n_steps, preconditioner, self.axis_name)
     predictor = self.predictor(self.run_sde, score_fn, self.probability_flow, preconditioner, self.pds_variant)
     rng, step_rng = split(rng)
-    x, x_mean = corrector.update_fn(step_rng, x, vec_t)
+    x, x_mean = self.update(corrector.update_fn, step_rng, x, vec_t, state)
     rng, step_rng = split(rng)
-    x, x_mean = predictor.update_fn(step_rng, x, vec_t)
-    return PCState(rng, x, x_mean)
+    x, x_mean = self.update(predictor.update_fn, step_rng, x, vec_t, state)
+    return state._replace(rng=rng, x=x, x_mean=x_mean)
+
+  def update(self, update_fn: Callable, rng: jax.Array, x: jax.Array, t: jax.Array, state) -> Tuple[jax.Array, jax.Array]:
+    """One corrector or predictor update (x, x_mean) = update_fn(rng, x, t); conditional samplers wrap it."""
+    return update_fn(rng, x, t)
 
   def output(self, state):
     return state.x_mean if self.denoise else state.x
@@ -446,13 +450,18 @@ def resolve_alpha(config) -> float:
 
 def pds_schedule(config, sde: sde_lib.SDE, eps: float) -> Tuple[sde_lib.SDE, float]:
   """PDS's `speed_up` k: N = int(model.num_scales / k) steps and eps · k (official `run_lib.evaluate`)."""
-  k = config.sampling.speed_up
+  return speed_up_schedule(sde.with_num_scales(config.model.num_scales), eps, config.sampling.speed_up)
+
+
+def speed_up_schedule(sde: sde_lib.SDE, eps: float, speed_up: float) -> Tuple[sde_lib.SDE, float]:
+  """PDS's `speed_up` k applied to an SDE of N steps: N' = int(N / k) steps and eps · k."""
+  k = speed_up
   if not k > 0:
     raise ValueError(f'config.sampling.speed_up must be > 0, got {k}.')
-  n = int(config.model.num_scales / k)
+  n = int(sde.N / k)
   if n < 1:
     raise ValueError(f'config.sampling.speed_up = {k} leaves int(num_scales / speed_up) = {n} steps '
-                     f'(model.num_scales = {config.model.num_scales}); use speed_up <= {config.model.num_scales}.')
+                     f'(model.num_scales = {sde.N}); use speed_up <= {sde.N}.')
   return sde.with_num_scales(n), eps * k
 
 

@@ -9,7 +9,8 @@ from conftest import ROOT
 
 SCRIPTS = ['quality_vs_steps', 'overhead', 'model_step', 'scaling', 'default_model_steps', 'init_aware_toys',
            'init_aware_images', 'step_profile',
-           pytest.param('compile', marks=pytest.mark.slow)]  # compiles with the cache disabled
+           pytest.param('compile', marks=pytest.mark.slow),  # compiles with the cache disabled
+           pytest.param('controllable', marks=pytest.mark.slow)]  # ~1 min: nine conditional samplers compiled
 
 
 @pytest.mark.parametrize('name', SCRIPTS)

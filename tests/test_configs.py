@@ -9,7 +9,7 @@ import ml_collections
 import pytest
 from flax import traverse_util
 
-from configs.default_pds import add_pds_fields
+from configs.default_pds import add_controllable_fields, add_likelihood_fields, add_pds_fields
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # score_sde's parameter trees (path -> shape), made by running the original model code with
@@ -75,6 +75,11 @@ def test_config_has_sampler_fields(name):
   add_pds_fields(pds)
   missing = set(pds.keys()) - set(config.sampling.keys())
   assert not missing, f'{name}: config.sampling lacks the PDS fields {sorted(missing)}'
+  reference = ml_collections.ConfigDict()
+  add_likelihood_fields(reference)
+  add_controllable_fields(reference)
+  for section in ('likelihood', 'inpaint', 'colorize'):
+    assert section in config and set(reference[section].keys()) <= set(config[section].keys()), (name, section)
 
 
 def test_every_score_sde_config_is_here():

@@ -103,3 +103,77 @@ def test_kl_per_dim_of_the_sample_fit_matches_the_closed_form():
   assert got == pytest.approx(want, rel=0.05)
   exact = gaussian.metrics(np.asarray(ref.sample(jax.random.PRNGKey(1), 4000)), ref)['kl_per_dim']
   assert exact < 0.01 * want
+
+
+# ----------------------------------------------------------------------------- likelihood and conditionals (METHOD §6)
+
+
+def _dense(ref, shape):
+  n = int(np.prod(shape))
+  half = np.asarray(ref._colour(jnp.eye(n).reshape((n,) + shape), ref.spectrum), np.float64).reshape(n, n)
+  return half @ half.T
+
+
+@pytest.mark.parametrize('sde', [None, sde_lib.VESDE(0.01, 5.), sde_lib.VPSDE()], ids=['data', 've', 'vp'])
+def test_log_prob_matches_the_dense_gaussian(sde):
+  ref = gaussian.GaussianReference.power_law(SHAPE, mean=0.2, pixel_std=0.4)
+  x = np.random.RandomState(1).randn(3, *SHAPE)
+  mean, cov = np.asarray(ref.mean, np.float64).ravel(), _dense_covariance(ref)
+  if sde is not None:
+    m = float(sde.marginal_prob(jnp.ones(1), jnp.full((1,), 0.3))[0][0])
+    std = float(sde.marginal_prob(jnp.zeros(1), jnp.full((1,), 0.3))[1][0])
+    mean, cov = m * mean, m ** 2 * cov + std ** 2 * np.eye(len(cov))
+  diff = x.reshape(3, -1) - mean
+  want = -0.5 * np.einsum('bi,bi->b', diff, np.linalg.solve(cov, diff.T).T) - 0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]
+  np.testing.assert_allclose(ref.log_prob(x, sde, 0.3) if sde else ref.log_prob(x), want, rtol=1e-6)
+
+
+def test_pixel_conditional_matches_the_dense_schur_complement():
+  ref = gaussian.GaussianReference.power_law(SHAPE, mean=0.2, pixel_std=0.4)
+  mask = (np.random.RandomState(2).rand(*SHAPE) < 0.5).astype(np.float32)  # (H, W, C): per-channel masks
+  y = np.asarray(ref.sample(jax.random.PRNGKey(4), 3), np.float64)
+  got = ref.condition_on_pixels(y, mask)
+  cov, k = _dense_covariance(ref), mask.ravel() == 1
+  u = ~k
+  gain = np.linalg.solve(cov[np.ix_(k, k)], cov[np.ix_(k, u)])
+  mu = np.asarray(ref.mean, np.float64).ravel()
+  want = y.reshape(3, -1).copy()
+  want[:, u] = mu[u] + (y.reshape(3, -1)[:, k] - mu[k]) @ gain
+  np.testing.assert_allclose(got.mean.reshape(3, -1), want, atol=1e-5)  # the dense Σ is float32-built
+  assert got.trace == pytest.approx(np.trace(cov[np.ix_(u, u)] - cov[np.ix_(u, k)] @ gain), rel=1e-5)
+  assert got.marginal_trace == pytest.approx(np.trace(cov[np.ix_(u, u)]), rel=1e-5)
+  assert got.error_ratio(got.mean) == 0. and got.ignore_ratio() > 1.
+  with pytest.raises(ValueError, match='does not fit'):
+    ref.condition_on_pixels(y, mask[:2])
+  with pytest.raises(ValueError, match='0 or 1'):
+    ref.condition_on_pixels(y, mask * 2)
+
+
+def test_colour_conditional_matches_the_dense_schur_complement():
+  shape = (4, 6, 3)
+  base = gaussian.GaussianReference.power_law(shape, mean=0.3, pixel_std=0.3)
+  base = base.replace(spectrum=base.spectrum * jnp.asarray([1., 0.2, 0.05]))
+  q, _ = np.linalg.qr(np.random.RandomState(3).randn(3, 3))
+  ref = gaussian.ColourGaussianReference(base=base, rotation=jnp.asarray(q, jnp.float32))
+  basis = np.linalg.qr(np.random.RandomState(4).randn(3, 3))[0]
+  x = np.asarray(ref.sample(jax.random.PRNGKey(0), 2), np.float64)
+  got = ref.condition_on_channels(x, basis, [0])
+  # d = (Bᵀ Q) z per pixel: a dense (D, D) linear map of z, whose covariance is dense too.
+  per_pixel = np.kron(np.eye(shape[0] * shape[1]), basis.T @ np.asarray(ref.rotation, np.float64))
+  cov = per_pixel @ _dense(base, shape) @ per_pixel.T
+  k = np.tile([True, False, False], shape[0] * shape[1])
+  u = ~k
+  mean_d = per_pixel @ np.asarray(base.mean, np.float64).ravel()
+  d = np.einsum('nhwi,ij->nhwj', x, basis).reshape(2, -1)
+  gain = np.linalg.solve(cov[np.ix_(k, k)], cov[np.ix_(k, u)])
+  np.testing.assert_allclose(got.mean.reshape(2, -1)[:, u], mean_d[u] + (d[:, k] - mean_d[k]) @ gain, atol=1e-5)
+  assert got.trace == pytest.approx(np.trace(cov[np.ix_(u, u)] - cov[np.ix_(u, k)] @ gain), rel=1e-5)
+  # its exact score is the gradient of the dense log-density of x = Q z
+  sde = sde_lib.VESDE(0.01, 5.)
+  t = jnp.full((2,), 0.4)
+  std = float(sde.marginal_prob(jnp.zeros(1), t[:1])[1][0])
+  pix = np.kron(np.eye(shape[0] * shape[1]), np.asarray(ref.rotation, np.float64))
+  cov_x = pix @ _dense(base, shape) @ pix.T + std ** 2 * np.eye(cov.shape[0])
+  want = -np.linalg.solve(cov_x, (x.reshape(2, -1) - np.asarray(ref.mean, np.float64).ravel()).T).T
+  np.testing.assert_allclose(np.asarray(ref.score(jnp.asarray(x, jnp.float32), t, sde)).reshape(2, -1), want,
+                             rtol=2e-4, atol=2e-4 * np.abs(want).max())

@@ -185,3 +185,37 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
           f'--workdir={tmp_path / "empty"}']
   proc = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 2 and str(tmp_path / 'empty') in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow  # ~60 s: nine programs compiled for 4 forced CPU devices
+def test_likelihood_and_conditional_sampling_on_devices_equal_single_device(tmp_path):
+  """get_likelihood_fn and get_pc_inpainter / colorizer with a mesh (shard_map) and pmap, on 4 CPU devices."""
+  script = textwrap.dedent('''
+      import jax, numpy as np
+      from pds_jax import controllable_generation as cg, gaussian, likelihood, parallel, preconditioning, sampling, sde_lib
+      assert jax.local_device_count() == 4
+      ref = gaussian.GaussianReference.power_law((8, 8, 3))
+      sde = sde_lib.VESDE(0.01, 10., 120)
+      keys = sampling.sample_keys(7, 0, 8)
+      x = ref.sample(jax.random.PRNGKey(0), 8)
+      out = {}
+      for name, devices in (('single', {}), ('mesh', {'mesh': parallel.batch_mesh()}), ('pmap', {'pmap': True})):
+        bpd, z, nfe = likelihood.get_likelihood_fn(sde, lambda x: x, **devices)(keys, ref.score_fn(sde), x)
+        stats = preconditioning.compute_statistics(np.clip(np.asarray(ref.sample(jax.random.PRNGKey(1), 50)), 0, 1))
+        pre = preconditioning.from_statistics(stats[0], None, alpha=5.)
+        mask = (np.arange(64).reshape(8, 8) %% 3 == 0).astype(np.float32)
+        inp, _ = cg.get_pc_inpainter(sde, 'reverse_diffusion', 'langevin', lambda x: x, 0.16, speed_up=10,
+                                     preconditioner=pre, **devices)(keys, ref.score_fn(sde), x, mask)
+        col, _ = cg.get_pc_colorizer(sde, 'reverse_diffusion', 'langevin', lambda x: x, 0.16, speed_up=10,
+                                     **devices)(keys, ref.score_fn(sde), cg.to_grayscale(x))
+        out[name] = np.concatenate([np.asarray(bpd).ravel(), np.asarray(z).ravel(), np.asarray(inp).ravel(),
+                                    np.asarray(col).ravel()])
+      np.save(%r, np.stack([out['single'], out['mesh'], out['pmap']]))
+  ''' % str(tmp_path / 'out.npy'))
+  _run([sys.executable, '-c', script], devices=4)
+  single, mesh, pmapped = np.load(tmp_path / 'out.npy')
+  # Per-image ODE solves and per-sample noise: only the Langevin batch-mean norms are reduced in another order.
+  scale = np.abs(single).max()
+  np.testing.assert_allclose(mesh, single, rtol=0, atol=1e-5 * scale)
+  np.testing.assert_allclose(pmapped, single, rtol=0, atol=1e-5 * scale)
+  np.testing.assert_array_equal(mesh, pmapped)

@@ -1,8 +1,8 @@
 """NCSN++ cont. (VE SDE) on FFHQ 1024px; score_sde `configs/ve/ffhq_ncsnpp_continuous.py`."""
 import ml_collections
 
-from configs.default_pds import (add_data_fields, add_init_aware_fields, add_pds_fields, add_scale_fields,
-                                 add_stats_and_metric_fields)
+from configs.default_pds import (add_controllable_fields, add_data_fields, add_init_aware_fields, add_likelihood_fields,
+                                 add_pds_fields, add_scale_fields, add_stats_and_metric_fields)
 
 
 def get_config():
@@ -98,4 +98,6 @@ def get_config():
   add_data_fields(config.data)
   add_stats_and_metric_fields(config)
   add_init_aware_fields(config)
+  add_likelihood_fields(config)
+  add_controllable_fields(config)
   return config
