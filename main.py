@@ -36,11 +36,13 @@ flags.mark_flags_as_required(['workdir', 'config', 'mode'])
 # The official PDS flags override config.sampling.<name> when given on the command line.
 _PDS_FLAGS = ('speed_up', 'alpha', 'freq_mask_path', 'space_mask_path')
 # Flags only some modes read; giving one to another mode is an error rather than silently ignored.
+_EDIT_MODES = ('inpaint', 'colorize')
 _MODE_FLAGS = {
-    'speed_up': ('sample', 'compare'), 'freq_mask_path': ('sample', 'compare', 'stats'),
-    'space_mask_path': ('sample', 'compare', 'stats'), 'alpha': ('sample', 'compare', 'stats'),
-    'eval_folder': ('sample', 'compare', 'stats', 'eval'), 'sample_dirs': ('eval',),
-    'pytorch_checkpoint': ('convert',),
+    'speed_up': ('sample', 'compare') + _EDIT_MODES, 'freq_mask_path': ('sample', 'compare', 'stats') + _EDIT_MODES,
+    'space_mask_path': ('sample', 'compare', 'stats') + _EDIT_MODES,
+    'alpha': ('sample', 'compare', 'stats') + _EDIT_MODES,
+    'eval_folder': ('sample', 'compare', 'stats', 'eval', 'likelihood') + _EDIT_MODES, 'sample_dirs': ('eval',),
+    'pytorch_checkpoint': ('convert',), 'input_dir': _EDIT_MODES, 'mask_path': _EDIT_MODES,  # colorize explains why it takes no mask
 }
 
 

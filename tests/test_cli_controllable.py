@@ -12,7 +12,7 @@ from test_cli_modes import image_folder  # noqa: F401  (fixture)
 
 GAUSSIAN_8 = TINY_GAUSSIAN  # 8×8×3 exact Gaussian reference, batch 8, 12 images (two rounds), 2 chunks
 DEFAULT_MODEL = ['--config', str(ROOT / 'configs/default_model.py'), '--config.eval.batch_size=2',
-                 '--config.eval.num_samples=2', '--speed_up=200']
+                 '--config.eval.num_samples=2']
 
 
 def _npz(path):
@@ -81,10 +81,10 @@ def test_inpaint_with_the_user_s_mask_files(tmp_path):
 
 
 def test_colorize_own_images_with_the_shipped_model(tmp_path, image_folder):  # noqa: F811
-  _main(*DEFAULT_MODEL, '--mode=colorize', f'--workdir={tmp_path}', f'--input_dir={image_folder}')
+  _main(*DEFAULT_MODEL, '--mode=colorize', f'--workdir={tmp_path}', '--speed_up=200', f'--input_dir={image_folder}')
   shard = _npz(tmp_path / 'colorize' / 'samples_0_0.npz')
   assert shard['samples'].shape == (2, 32, 32, 3) and shard['gray'].shape == (2, 32, 32, 3)
-  np.testing.assert_allclose(shard['samples_float'].mean(-1), shard['gray'][..., 0], atol=1e-5)
+  np.testing.assert_allclose(shard['samples_float'].mean(-1), shard['gray'][..., 0], atol=5e-5)  # float32 round-off of the colour basis
   report = json.loads((tmp_path / 'colorize' / 'report.json').read_text())
   assert report['settings']['preconditioned'] and report['settings']['images'] == str(image_folder)
   assert 'exact_conditional' not in report and (tmp_path / 'colorize' / 'grid.png').is_file()
