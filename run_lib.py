@@ -614,6 +614,9 @@ def _controllable(config, workdir: str, mode: str, input_dir: Optional[str], mas
     raise ValueError(f"--mode {mode} runs score_sde's PC sampler; config.sampling.method = {s.method!r} "
                      "(set --config.sampling.method=pc).")
   shape = image_shape(config)
+  if s.num_steps is not None:
+    raise ValueError(f'--mode {mode} sets its steps with --speed_up k (N = num_scales / k, as PDS does); '
+                     f'config.sampling.num_steps = {s.num_steps} would be ignored: unset it.')
   known_init = (config.inpaint if mode == 'inpaint' else config.colorize).known_init
   if mode == 'inpaint':
     mask = load_mask(mask_path, shape) if mask_path else builtin_mask(config.inpaint.mask, shape, config.inpaint.mask_seed)

@@ -101,6 +101,7 @@ def test_colorize_own_images_with_the_shipped_model(tmp_path, image_folder):  # 
     ('inpaint', ['--input_dir={tmp}/empty'], r'empty: no image files'),
     ('inpaint', ['--config.inpaint.known_init=clean'], "known_init = 'clean'"),
     ('colorize', ['--mask_path={tmp}/ones.npy'], 'takes no --mask_path'),
+    ('colorize', ['--config.sampling.num_steps=10'], 'sets its steps with --speed_up'),
     ('likelihood', ['--config.likelihood.hutchinson_type=exactly'], "hutchinson_type = 'exactly'"),
     ('likelihood', ['--config.likelihood.dequantization=gaussian'], "dequantization = 'gaussian'"),
 ])
