@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from pds_jax import datasets, gaussian, parallel as parallel_lib, preconditioning, sampling, sde_lib
+from pds_jax.figures import image_grid, titled_grid, titled_panels  # noqa: F401  (public: the notebook's grids)
 from pds_jax.io_utils import atomic_write
 from pds_jax.preconditioning import Preconditioner
 
@@ -38,47 +39,6 @@ def write_json(path: str, obj) -> None:
 
 def write_npz(path: str, **arrays) -> None:
   atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
-
-
-def image_grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
-  """Tiles images (N, H, W, C) in [0, 1] into one uint8 (rows·(H+pad), cols·(W+pad), 3) image."""
-  n, h, w, c = images.shape
-  nrow = nrow or int(np.ceil(np.sqrt(n)))
-  rows = int(np.ceil(n / nrow))
-  grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), np.float32)
-  for i, img in enumerate(np.clip(images, 0, 1)):
-    r, col = divmod(i, nrow)
-    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = (
-        img if c == 3 else np.repeat(img[..., :1], 3, axis=-1))
-  return (grid * 255).round().astype(np.uint8)
-
-
-def titled_grid(columns: Sequence[Tuple[str, np.ndarray]], min_size: int = 96, pad: int = 4) -> np.ndarray:
-  """Images side by side, one titled column per (title, images (N, H, W, C) in [0, 1]), as uint8 RGB.
-
-  Row i holds image i of every column; images are enlarged by an integer factor (nearest) to at
-  least `min_size` pixels so that small images stay legible, with the title above each column.
-  """
-  from PIL import Image, ImageDraw, ImageFont
-  n, h, w = columns[0][1].shape[:3]
-  scale = max(1, -(-min_size // max(h, w)))
-  cell_h, cell_w = h * scale, w * scale
-  font = ImageFont.load_default(size=max(12, min(20, cell_w // 7)))
-  title_h = font.getbbox('Ag')[3] + 2 * pad
-  width = len(columns) * (cell_w + pad) + pad
-  canvas = Image.new('RGB', (width, title_h + n * (cell_h + pad)), 'white')
-  draw = ImageDraw.Draw(canvas)
-  for j, (title, images) in enumerate(columns):
-    left = pad + j * (cell_w + pad)
-    text_w = draw.textlength(title, font=font)
-    draw.text((left + max(0, (cell_w - text_w) / 2), pad), title, fill='black', font=font)
-    for i, img in enumerate(np.clip(np.asarray(images, np.float32), 0, 1)):
-      img = img if img.shape[-1] == 3 else np.repeat(img[..., :1], 3, axis=-1)
-      tile = Image.fromarray((img * 255).round().astype(np.uint8)).resize((cell_w, cell_h), Image.NEAREST)
-      top = title_h + i * (cell_h + pad)
-      canvas.paste(tile, (left, top))
-      draw.rectangle((left - 1, top - 1, left + cell_w, top + cell_h), outline=(128, 128, 128))  # white masks too
-  return np.asarray(canvas)
 
 
 def write_png(path: str, grid: np.ndarray) -> None:
@@ -317,15 +277,25 @@ def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = '
     remaining -= len(samples)
     accumulator.add(samples)
     preview.append(samples[:max(0, 64 - sum(len(p) for p in preview))])
-  write_png(os.path.join(folder, 'grid.png'), image_grid(np.concatenate(preview)))
+  nfe_mean = _as_count(nfe_total / accumulator.count)
+  write_png(os.path.join(folder, 'grid.png'), titled_panels(
+      [(_sample_caption(settings, nfe_mean, accumulator.count), image_grid(np.concatenate(preview)))], min_width=480))
   report = {'settings': {**settings, 'parallel': parallel, 'devices_per_host': jax.local_device_count(),
                          'hosts': jax.process_count()},
             'num_samples': accumulator.count, 'num_rounds': num_rounds,
-            'nfe_per_sample': _as_count(nfe_total / accumulator.count),
+            'nfe_per_sample': nfe_mean,
             'wall_seconds_per_round_this_run_host0': times, 'first_round_includes_compile': bool(times),
             'metrics': exact_metrics(config, accumulator)}
   write_json(os.path.join(folder, 'report.json'), report)
   return report
+
+
+def _sample_caption(settings: Dict, nfe: float, count: int) -> str:
+  """grid.png's title lines (ASCII: the bundled font has no Greek): method, steps, NFE, init, PDS."""
+  pds = (f'PDS alpha {settings["alpha"]:g} ({settings["pds_variant"]})' if settings['preconditioned'] else 'no PDS')
+  init = settings['init'] + (f' at sigma_T {settings["sigma_t"]:.3g}' if settings.get('sigma_t') is not None else '')
+  return (f'{settings["method"]} · {settings["num_steps"]} steps · NFE {nfe:g} · {pds}\n'
+          f'init {init} · {settings["sde"]} · seed {settings["seed"]} · {min(count, 64)} of {count} samples')
 
 
 def _masks_for_compare(config) -> Preconditioner:
@@ -361,6 +331,20 @@ def _sample_metrics(config, samples: np.ndarray, reference) -> Dict[str, float]:
   return {'swd_avg': metrics['swd']['avg'], 'fd_features': metrics['fd_features'], 'kid': metrics['kid']['mean']}
 
 
+def _metric_line(metrics: Dict[str, float]) -> str:
+  """The headline metric of a compare run: SWD ×10³ for images, the Fréchet distance for the Gaussian reference."""
+  name = 'swd_avg' if 'swd_avg' in metrics else 'frechet_distance'
+  return f'{name} {metrics[name]:.4g}'
+
+
+def _panel_title(name: str, result: Dict) -> str:
+  """Three lines naming a compare run: sampler (and PDS α), steps / NFE / wall time, headline metric."""
+  s = result['settings']
+  head = f'PDS (alpha {s["alpha"]:g}, {s.get("pds_variant", "official")})' if name == 'pds' else 'vanilla'
+  return (f'{head}\n{s["num_steps"]} steps · NFE {result["nfe_per_sample"]:g} · '
+          f'{result["wall_seconds_incl_compile"]:.1f} s\n{_metric_line(result["metrics"])}')
+
+
 def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'compare') -> Dict:
   """Vanilla vs PDS from the same seeds: a side-by-side grid, both metrics and both wall times
   (each including its compilation, which costs about the same for any number of steps).
@@ -390,18 +374,20 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
     results[name] = {'settings': run.settings(samplers[name]), 'nfe_per_sample': nfe,
                      'wall_seconds_incl_compile': seconds,
                      'metrics': _sample_metrics(config, np.clip(samples, 0., 1.), reference)}
-    grids.append(image_grid(samples[:36], nrow=6))
+    grids.append((_panel_title(name, results[name]), image_grid(samples[:36], nrow=6)))
     print(f'{name:8s} steps={results[name]["settings"]["num_steps"]:5d} nfe={nfe:5g} '
           f'wall={seconds:7.2f}s ' + ' '.join(f'{k}={v:.4g}' for k, v in results[name]['metrics'].items()))
-  gap = np.full((grids[0].shape[0], 12, 3), 255, np.uint8)
-  write_png(os.path.join(folder, 'vanilla_vs_pds.png'), np.concatenate([grids[0], gap, grids[1]], axis=1))
   if config.model.name == GAUSSIAN_REFERENCE:
     reference_model = gaussian_reference(config)
-    floor = gaussian.metrics(reference_model.sample(jax.random.PRNGKey(config.seed + 2), config.eval.batch_size),
-                             reference_model)
+    held_out = np.asarray(reference_model.sample(jax.random.PRNGKey(config.seed + 2), config.eval.batch_size))
+    floor = gaussian.metrics(held_out, reference_model)
   else:  # the same metrics of as many data images that are not in the reference set
     floor = _sample_metrics(config, held_out, reference)
   results['noise_floor'] = floor
+  grids.append((f'data (not in the reference set)\n{_metric_line(floor)}', image_grid(held_out[:36], nrow=6)))
+  write_png(os.path.join(folder, 'vanilla_vs_pds.png'), titled_panels(
+      grids, title=f'{config.sampling.method} sampler, vanilla vs PDS from the same seeds '
+                   f'({config.eval.batch_size} samples each; 36 shown)'))
   print('data images (noise floor of the metrics): ' + ' '.join(f'{k}={v:.4g}' for k, v in floor.items()))
   write_json(os.path.join(folder, 'report.json'), results)
   print(f'wrote {folder}/vanilla_vs_pds.png and report.json')

@@ -57,7 +57,8 @@ def test_compare_prints_both_errors(tmp_path):
   assert 'vanilla  steps=   10' in proc.stdout and 'pds      steps=   10' in proc.stdout
   report = json.loads((tmp_path / 'compare' / 'report.json').read_text())
   assert report['pds']['settings']['preconditioned'] and not report['vanilla']['settings']['preconditioned']
-  assert (tmp_path / 'compare' / 'vanilla_vs_pds.png').is_file()
+  # three titled panels (vanilla, PDS, data), each at least 360 px wide
+  assert Image.open(tmp_path / 'compare' / 'vanilla_vs_pds.png').size[0] >= 3 * 360
 
 
 @pytest.mark.parametrize('args,message', [

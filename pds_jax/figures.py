@@ -1,0 +1,79 @@
+"""Image figures of the modes: plain grids, titled columns and titled panels (uint8 RGB arrays)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def image_grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
+  """Tiles images (N, H, W, C) in [0, 1] into one uint8 (rows·(H+pad), cols·(W+pad), 3) image."""
+  n, h, w, c = images.shape
+  nrow = nrow or int(np.ceil(np.sqrt(n)))
+  rows = int(np.ceil(n / nrow))
+  grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), np.float32)
+  for i, img in enumerate(np.clip(images, 0, 1)):
+    r, col = divmod(i, nrow)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = (
+        img if c == 3 else np.repeat(img[..., :1], 3, axis=-1))
+  return (grid * 255).round().astype(np.uint8)
+
+
+def titled_grid(columns: Sequence[Tuple[str, np.ndarray]], min_size: int = 96, pad: int = 4) -> np.ndarray:
+  """Images side by side, one titled column per (title, images (N, H, W, C) in [0, 1]), as uint8 RGB.
+
+  Row i holds image i of every column; images are enlarged by an integer factor (nearest) to at
+  least `min_size` pixels so that small images stay legible, with the title above each column.
+  """
+  from PIL import Image, ImageDraw
+  n, h, w = columns[0][1].shape[:3]
+  scale = max(1, -(-min_size // max(h, w)))
+  cell_h, cell_w = h * scale, w * scale
+  font = _font(max(12, min(20, cell_w // 7)))
+  title_h = font.getbbox('Ag')[3] + 2 * pad
+  width = len(columns) * (cell_w + pad) + pad
+  canvas = Image.new('RGB', (width, title_h + n * (cell_h + pad)), 'white')
+  draw = ImageDraw.Draw(canvas)
+  for j, (title, images) in enumerate(columns):
+    left = pad + j * (cell_w + pad)
+    text_w = draw.textlength(title, font=font)
+    draw.text((left + max(0, (cell_w - text_w) / 2), pad), title, fill='black', font=font)
+    for i, img in enumerate(np.clip(np.asarray(images, np.float32), 0, 1)):
+      img = img if img.shape[-1] == 3 else np.repeat(img[..., :1], 3, axis=-1)
+      tile = Image.fromarray((img * 255).round().astype(np.uint8)).resize((cell_w, cell_h), Image.NEAREST)
+      top = title_h + i * (cell_h + pad)
+      canvas.paste(tile, (left, top))
+      draw.rectangle((left - 1, top - 1, left + cell_w, top + cell_h), outline=(128, 128, 128))  # white masks too
+  return np.asarray(canvas)
+
+def _font(size: int):
+  from PIL import ImageFont
+  return ImageFont.load_default(size=size)
+
+
+def titled_panels(panels: Sequence[Tuple[str, np.ndarray]], title: Optional[str] = None, min_width: int = 360,
+                  pad: int = 10, font_size: int = 15) -> np.ndarray:
+  """Images side by side, each under its own (possibly multi-line) title, as one uint8 RGB array.
+
+  panels: (title, image (H, W, 3) uint8) pairs, e.g. `image_grid` outputs; each image is enlarged by
+  an integer factor (nearest) to at least `min_width` pixels wide. `title`: an optional line above all.
+  """
+  from PIL import Image, ImageDraw
+  font = _font(font_size)
+  scales = [max(1, -(-min_width // image.shape[1])) for _, image in panels]
+  sizes = [(image.shape[1] * k, image.shape[0] * k) for (_, image), k in zip(panels, scales)]
+  line_h = font.getbbox('Ag')[3] + 4
+  head_h = max(len(t.split('\n')) for t, _ in panels) * line_h + pad
+  top = pad + (line_h + pad if title else 0)
+  width = sum(w for w, _ in sizes) + pad * (len(panels) + 1)
+  canvas = Image.new('RGB', (width, top + head_h + max(h for _, h in sizes) + pad), 'white')
+  draw = ImageDraw.Draw(canvas)
+  if title:
+    draw.text((pad, pad), title, fill='black', font=font)
+  left = pad
+  for (text, image), (w, h) in zip(panels, sizes):
+    for i, line in enumerate(text.split('\n')):
+      draw.text((left, top + i * line_h), line, fill='black', font=font)
+    canvas.paste(Image.fromarray(np.asarray(image, np.uint8)).resize((w, h), Image.NEAREST), (left, top + head_h))
+    left += w + pad
+  return np.asarray(canvas)
