@@ -13,9 +13,10 @@ def test_readme_starts_with_the_two_quick_start_commands():
   install_and_run, test = blocks[0].strip(), blocks[1].strip()
   assert README.index('```bash') < README.index('## ')
   assert 'pip install -e .' in install_and_run and 'main.py --mode compare' in install_and_run
-  assert test.endswith('pip install -e ".[test,torch]" && pytest -x -q')
+  command = 'pytest -x -q -m "not slow"'
+  assert test.endswith(f'pip install -e ".[test,torch]" && {command}')
   ci = (ROOT / '.ci' / 'run').read_text()
-  assert 'pip install -q -e ".[test,torch]"' in ci and ci.rstrip().endswith('pytest -x -q')
+  assert 'pip install -q -e ".[test,torch]"' in ci and ci.rstrip().endswith(command)
 
 
 def test_readme_python_snippet_runs(tmp_path):
