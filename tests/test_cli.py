@@ -92,7 +92,7 @@ def test_bad_input_is_a_clear_error_before_any_compute(tmp_path, args, message):
     (['--mode=sample', '--nosuchflag=1'], "Unknown command line flag 'nosuchflag'"),
     (['--mode=sample', 'stray'], r"unexpected arguments \['stray'\]"),
     (['--mode=sample', '--sample_dirs=a'], '--sample_dirs is read by --mode eval only; --mode sample would ignore it'),
-    (['--mode=stats', '--speed_up=2'], '--speed_up is read by --mode sample / compare only'),
+    (['--mode=stats', '--speed_up=2'], '--speed_up is read by --mode sample / compare / inpaint / colorize only'),
     (['--mode=sample', '--pytorch_checkpoint=x.pth'], '--pytorch_checkpoint is read by --mode convert only'),
     (['--mode=sample', '--config.sampling.method=heun', '--speed_up=2'], "--speed_up sets the steps of sampling.method pc"),
 ])
