@@ -14,7 +14,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Configuration file (ml_collections).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory (checkpoints/ of the model; outputs go under it).')
 flags.DEFINE_enum('mode', None, list(run_lib.MODES), 'Running mode.')
-flags.DEFINE_string('eval_folder', None, 'Output folder inside workdir (default: eval; the mode name for compare, stats, likelihood, inpaint, colorize).')
+flags.DEFINE_string('eval_folder', None, 'Output folder inside workdir (default: eval; the mode name for compare, '
+                    'stats, fid_stats, likelihood, inpaint, colorize).')
 flags.DEFINE_float('speed_up', 1., 'PDS speed-up k: sample with int(num_scales / k) steps.')
 flags.DEFINE_float('alpha', 5., 'PDS mask strength alpha >= 1 (larger = closer to the vanilla sampler); '
                    'without this flag the config decides (default: alpha(N) = max(5, N / 5)).')
@@ -41,7 +42,8 @@ _MODE_FLAGS = {
     'speed_up': ('sample', 'compare') + _EDIT_MODES, 'freq_mask_path': ('sample', 'compare', 'stats') + _EDIT_MODES,
     'space_mask_path': ('sample', 'compare', 'stats') + _EDIT_MODES,
     'alpha': ('sample', 'compare', 'stats') + _EDIT_MODES,
-    'eval_folder': ('sample', 'compare', 'stats', 'eval', 'likelihood') + _EDIT_MODES, 'sample_dirs': ('eval',),
+    'eval_folder': ('sample', 'compare', 'stats', 'fid_stats', 'eval', 'likelihood') + _EDIT_MODES,
+    'sample_dirs': ('eval',),
     'pytorch_checkpoint': ('convert',), 'input_dir': _EDIT_MODES, 'mask_path': _EDIT_MODES,  # colorize explains why it takes no mask
 }
 
@@ -97,6 +99,8 @@ def main(argv):
       run_lib.convert(config, FLAGS.workdir, FLAGS.pytorch_checkpoint)
     elif FLAGS.mode == 'stats':
       run_lib.stats(config, FLAGS.workdir, FLAGS.eval_folder or 'stats')
+    elif FLAGS.mode == 'fid_stats':
+      run_lib.fid_stats(config, FLAGS.workdir, FLAGS.eval_folder or 'fid_stats')
     elif FLAGS.mode == 'fit_init':
       run_lib.fit_init(config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':

@@ -1,5 +1,5 @@
-"""The modes of `main.py`: train, sample, compare (vanilla vs PDS), convert, stats, eval, fit_init,
-likelihood (bits/dim), inpaint and colorize (controllable generation).
+"""The modes of `main.py`: train, sample, compare (vanilla vs PDS), convert, stats, fid_stats, eval,
+fit_init, likelihood (bits/dim), inpaint and colorize (controllable generation).
 
 Like score_sde's `run_lib.py`, each mode is a function of (config, workdir, ...); `main.py` only
 parses flags. Every input is validated before any compute starts, and every file is written
@@ -26,7 +26,8 @@ from pds_jax.io_utils import atomic_write
 from pds_jax.preconditioning import Preconditioner
 
 GAUSSIAN_REFERENCE = 'gaussian_reference'
-MODES = ('train', 'sample', 'compare', 'convert', 'stats', 'eval', 'fit_init', 'likelihood', 'inpaint', 'colorize')
+MODES = ('train', 'sample', 'compare', 'convert', 'stats', 'fid_stats', 'eval', 'fit_init', 'likelihood', 'inpaint',
+         'colorize')
 SIGMA_T_RULES = ('principal', 'dip')
 
 
@@ -788,6 +789,28 @@ def stats(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 's
   return summary
 
 
+def fid_stats(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'fid_stats') -> Dict:
+  """FID Inception statistics of config.data in score_sde's format (`pds_jax.fid_stats`).
+
+  Streams over eval.reference_split (all images, or eval.fid_stats_num_images drawn with config.seed)
+  and writes workdir/<eval_folder>/<dataset>_stats.npz (pool_3, mu, sigma), score_sde's name for the
+  dataset; pass it to --mode eval as --config.eval.fid_stats_path.
+  """
+  from pds_jax import fid_stats as fid_stats_lib
+  if config.model.name == GAUSSIAN_REFERENCE:
+    raise ValueError('--mode fid_stats reads images of config.data.dataset; the Gaussian reference has no image '
+                     'files (its eval mode draws exact reference images).')
+  variables = fid_stats_lib.inception_variables(config)  # missing or mismatching weights fail before any compute
+  datasets.count_images(config, config.eval.reference_split)  # so does a missing or empty dataset
+  folder = _output_folder(workdir, eval_folder)
+  path = os.path.join(folder, fid_stats_lib.stats_filename(config))
+  result = fid_stats_lib.compute_fid_stats(config, variables=variables)
+  fid_stats_lib.write_fid_stats(path, result)
+  print(f'{result.num_images} images of the {config.eval.reference_split} split -> {path} '
+        f'(pool_3 {result.pool_3.shape}, mu, sigma)')
+  return {'path': path, 'num_images': result.num_images}
+
+
 def _load_sample_folder(folder: str) -> Tuple[np.ndarray, Dict]:
   """The uint8 samples (N, H, W, C) of a `sample` / `compare` output folder and its settings."""
   report_path = os.path.join(folder, 'report.json')
@@ -839,24 +862,40 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Op
   sample_folders: folders written by --mode sample (default: workdir/<eval_folder>). Writes
   workdir/<eval_folder>/metrics.json and, for several folders, one metric-vs-steps PNG per metric
   with a line for the vanilla runs and one for the PDS runs.
+  With eval.fid_stats_path (a `<dataset>_stats.npz` of --mode fid_stats or score_sde) the reference's
+  Inception statistics come from that file; the reference images still give SWD and the feature metrics.
   """
   from pds_jax import evaluation
+  reference_stats = None
+  if config.eval.get('fid_stats_path'):
+    from pds_jax import fid_stats as fid_stats_lib
+    if not config.eval.inception_path:
+      raise ValueError(f'config.eval.fid_stats_path = {config.eval.fid_stats_path!r} holds reference Inception '
+                       'statistics for FID, which also needs the samples\' Inception features: set '
+                       'config.eval.inception_path too.')
+    reference_stats = fid_stats_lib.load_fid_stats(config.eval.fid_stats_path)
   sample_folders = list(sample_folders or [os.path.join(workdir, eval_folder)])
   loaded = [_load_sample_folder(folder) for folder in sample_folders]  # every input checked first
   out = _output_folder(workdir, eval_folder)
   num_reference = min(config.eval.num_reference, max(len(s) for s, _ in loaded))
   metric_config = ml_collections.ConfigDict(config.to_dict())
-  metric_config.eval.kid_subset_size = min(config.eval.kid_subset_size, num_reference,
-                                           min(len(s) for s, _ in loaded))
-  reference = evaluation.image_features(reference_images(config, num_reference)[0], metric_config, 'reference')
+  sizes = [config.eval.kid_subset_size, num_reference, min(len(s) for s, _ in loaded)]
+  if reference_stats is not None and reference_stats.pool_3 is not None:
+    sizes.append(len(reference_stats.pool_3))  # KID-Inception's reference subsets come from the file's pool_3
+  metric_config.eval.kid_subset_size = min(sizes)
+  reference = evaluation.image_features(reference_images(config, num_reference)[0], metric_config, 'reference',
+                                        fid_stats=reference_stats)
   results = {}
   for folder, (samples, report) in zip(sample_folders, loaded):
     metrics = evaluation.evaluate_samples(samples, reference, metric_config)
     if report.get('metrics'):
       metrics['exact_gaussian'] = report['metrics']
+    if reference_stats is not None:
+      metrics['fid_stats'] = {'path': reference_stats.path, 'num_images': reference_stats.num_images}
     results[folder] = {'settings': report['settings'], 'nfe_per_sample': report['nfe_per_sample'], 'metrics': metrics}
     print(f'{folder}: steps={report["settings"]["num_steps"]} swd={metrics["swd"]["avg"]:.4g} '
-          f'fd_features={metrics["fd_features"]:.4g} kid={metrics["kid"]["mean"]:.4g}')
+          f'fd_features={metrics["fd_features"]:.4g} kid={metrics["kid"]["mean"]:.4g}'
+          + (f' fid={metrics["fid"]:.6g}' if 'fid' in metrics else ''))
   evaluation.write_metrics(os.path.join(out, 'metrics.json'), results)
   if len(results) > 1:
     groups = {}

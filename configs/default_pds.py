@@ -91,6 +91,10 @@ def add_stats_and_metric_fields(config: ml_collections.ConfigDict) -> None:
     eval.kid_subset_size: KID's subsets (the size is capped by the smaller set). eval.metric_seed:
     seed of the SWD directions and KID subsets; eval.is_splits, eval.inception_batch_size: IS
     splits and Inception batch.
+  eval.fid_stats_path: a `<dataset>_stats.npz` of --mode fid_stats or score_sde (pool_3 and / or
+    mu, sigma); --mode eval takes the reference's Inception statistics from it instead of running
+    Inception on reference images (None: compute them). eval.fid_stats_num_images: --mode
+    fid_stats over a seeded subset of this many images of eval.reference_split (None: all).
   """
   config.stats = stats = ml_collections.ConfigDict()
   stats.num_images = config_dict.placeholder(int)
@@ -104,6 +108,8 @@ def add_stats_and_metric_fields(config: ml_collections.ConfigDict) -> None:
   evaluate.metric_seed = 0
   evaluate.is_splits = 10
   evaluate.inception_batch_size = 50
+  evaluate.fid_stats_path = config_dict.placeholder(str)
+  evaluate.fid_stats_num_images = config_dict.placeholder(int)
 
 
 def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:

@@ -13,6 +13,9 @@ and, when config.eval.inception_path names the FID Inception weights:
 Identical sets give SWD = FD = 0 exactly; their KID is −O(1/N), not 0, because independent
 subsets of one finite set share images (for two draws of one law it is 0 in expectation).
 Feature extraction dominates: compute the reference's `image_features` once and pass them.
+A reference's Inception side can come from a file instead (`image_features(..., fid_stats=...)`
+with `pds_jax.fid_stats.load_fid_stats`, score_sde's `<dataset>_stats.npz`): FID then uses the
+file's mu / sigma, KID-Inception its pool_3 (skipped when the file holds only mu / sigma).
 The exact Gaussian metrics of `pds_jax.gaussian` stay where they are; merge their dictionary into
 this one to plot them with `plot_metric_vs_steps`.
 
@@ -63,6 +66,9 @@ class ImageFeatures(NamedTuple):
   statistics: np.ndarray
   inception_pool: Optional[np.ndarray]
   inception_logits: Optional[np.ndarray]
+  # the FID Gaussian (mu (2048,), sigma (2048, 2048)) of a reference whose Inception features come
+  # from a statistics file; None: fit to inception_pool
+  inception_gaussian: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
 
 def as_unit_images(images, name: str) -> np.ndarray:
@@ -104,16 +110,27 @@ def _compute_features(x: np.ndarray, settings: MetricSettings) -> ImageFeatures:
                        statistics=features.multiscale_statistics(x), inception_pool=pool, inception_logits=logits)
 
 
-def image_features(images, config, name: str = 'images') -> ImageFeatures:
-  """SWD descriptors, statistics features and (when configured) Inception outputs of an image set."""
-  return _compute_features(_validated_images(images, name), metric_settings(config))
+def image_features(images, config, name: str = 'images', fid_stats=None) -> ImageFeatures:
+  """SWD descriptors, statistics features and (when configured) Inception outputs of an image set.
+
+  fid_stats: precomputed Inception statistics of these images' distribution (an object with
+  `pool_3` (N, 2048) or None, `mu`, `sigma`: `pds_jax.fid_stats.FidStats`); the Inception network
+  then does not run on `images`, which still give the weight-free features.
+  """
+  settings = metric_settings(config)
+  x = _validated_images(images, name)
+  if fid_stats is None:
+    return _compute_features(x, settings)
+  return _compute_features(x, settings._replace(inception_path=None))._replace(
+      inception_pool=fid_stats.pool_3, inception_gaussian=(fid_stats.mu, fid_stats.sigma))
 
 
 def _check_features(x: ImageFeatures, settings: MetricSettings, name: str) -> None:
   if x.seed != settings.metric_seed:
     raise ValueError(f'{name}: features computed with metric_seed {x.seed}, '
                      f'config.eval.metric_seed is {settings.metric_seed}.')
-  if settings.inception_path and x.inception_pool is None:
+  needs_pool = name == 'samples' or x.inception_gaussian is None  # the samples' pool also gives their IS
+  if settings.inception_path and x.inception_pool is None and needs_pool:
     raise ValueError(f'{name}: features computed without Inception outputs, but config.eval.inception_path '
                      f'is set; recompute them with image_features(images, config).')
 
@@ -171,8 +188,11 @@ def evaluate_samples(samples: Union[np.ndarray, ImageFeatures], reference: Union
              'kid': _kid(z_ours, z_ref, settings)}
   if settings.inception_path:
     is_mean, is_std = feature_metrics.inception_score(ours.inception_logits, settings.is_splits)
-    metrics['fid'] = _frechet(ours.inception_pool, ref.inception_pool)
-    metrics['kid_inception'] = _kid(ours.inception_pool, ref.inception_pool, settings)
+    ref_gaussian = (ref.inception_gaussian if ref.inception_gaussian is not None
+                    else feature_metrics.gaussian_fit(ref.inception_pool, 'reference'))
+    metrics['fid'] = feature_metrics.frechet_distance_to_features(ours.inception_pool, *ref_gaussian, name='samples')
+    if ref.inception_pool is not None:  # a statistics file of mu / sigma only has no features for KID
+      metrics['kid_inception'] = _kid(ours.inception_pool, ref.inception_pool, settings)
     metrics['is'] = {'mean': is_mean, 'std': is_std}
   return metrics
 

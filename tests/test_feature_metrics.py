@@ -68,6 +68,22 @@ def test_frechet_distance_rejects_mismatched_shapes():
     fm.gaussian_fit(np.zeros((1, 3)))
 
 
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 14), d=st.integers(1, 9), seed=st.integers(0, 2 ** 16))
+def test_frechet_distance_to_features_equals_the_fit_then_frechet_distance(n, d, seed):
+  """The factored path (N − 1 < D) and the fallback (N − 1 ≥ D) both equal frechet_distance of the fit."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((n, d)) * rng.uniform(0.1, 3., d) + 5.
+  mu2, s2 = rng.standard_normal(d), _random_spd(rng, d, max(1, d - 2))
+  want = fm.frechet_distance(*fm.gaussian_fit(x), mu2, s2)
+  assert fm.frechet_distance_to_features(x, mu2, s2) == pytest.approx(want, rel=1e-8, abs=1e-8)
+  assert abs(fm.frechet_distance_to_features(x, *fm.gaussian_fit(x))) < 1e-8 * (1 + np.sum(x.var(axis=0)))
+  with pytest.raises(ValueError, match=r'samples: a Gaussian fit needs \(N ≥ 2, D\)'):
+    fm.frechet_distance_to_features(x[:1], mu2, s2, name='samples')
+  with pytest.raises(ValueError, match='expected'):
+    fm.frechet_distance_to_features(np.zeros((2, 30)), np.zeros(3), np.eye(3))
+
+
 def _expected_kernel(mu1, s1, mu2, s2):
   """E (xᵀy/d + 1)³ for independent x ~ N(μ₁, Σ₁), y ~ N(μ₂, Σ₂), from the Gaussian moments of s = xᵀy:
   E s = μ₁ᵀμ₂, E s² = tr((Σ₁ + μ₁μ₁ᵀ)(Σ₂ + μ₂μ₂ᵀ)),

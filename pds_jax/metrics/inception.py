@@ -231,14 +231,18 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray], source: str 
   return variables
 
 
-def _missing_weights_message(path: str) -> str:
-  return (f'Inception weights not found at {path!r}. FID, KID-Inception and IS need pytorch-fid\'s FID '
-          f'Inception weights, the file {FID_WEIGHTS_FILE} (published with the pytorch-fid project, '
-          f'mseitzer/pytorch-fid, release "fid_weights"; pytorch-fid downloads it to the torch hub '
-          f'cache, ~/.cache/torch/hub/checkpoints/). Copy it to this machine and set '
+def weights_help() -> str:
+  """Where the FID Inception weights come from and how to pass them (part of every missing-weights error)."""
+  return (f'FID, KID-Inception and IS need pytorch-fid\'s FID Inception weights, the file {FID_WEIGHTS_FILE} '
+          f'(published with the pytorch-fid project, mseitzer/pytorch-fid, release "fid_weights"; pytorch-fid '
+          f'downloads it to the torch hub cache, ~/.cache/torch/hub/checkpoints/). Copy it to this machine and set '
           f'--config.eval.inception_path=/path/to/{FID_WEIGHTS_FILE} (a .npz of the same state dict, '
-          f'np.savez(path, **{{k: v.numpy() for k, v in sd.items()}}), works without torch); leave '
-          f'config.eval.inception_path unset to skip the Inception metrics.')
+          f'np.savez(path, **{{k: v.numpy() for k, v in sd.items()}}), works without torch)')
+
+
+def _missing_weights_message(path: str) -> str:
+  return (f'Inception weights not found at {path!r}. {weights_help()}; leave config.eval.inception_path unset '
+          f'to skip the Inception metrics.')
 
 
 def load_state_dict(path: str) -> Dict[str, np.ndarray]:
