@@ -29,7 +29,7 @@ Rows (method[+pds]/init; every sampler from the same per-sample keys):
   …/spectral    x_T from the closed-form spectral Gaussian q_T at σ_T (--sigma_t in data units
                 [0, 1], in the model's range for VP); on the Gaussian reference this init is exact,
                 so the row measures the solver from σ_T. No learned flow is fitted here (CPU).
-Reach: the NFE at which a row first comes within 1.05 × of PC-2000's error (Gaussian) or of vanilla
+Reach: the NFE at which a row first comes within 1.05 × of PC-2000's error (Gaussian; --reference_steps) or of vanilla
 PC's best SWD (shipped), interpolated in log-log between grid points (common.reach_summary).
 
   python -m benchmarks.samplers --target gaussian64_vp            # one target
@@ -76,7 +76,7 @@ ROWS = {
                          'init_nodes', False, 'spectral_gaussian'),
     'pc+pds/spectral': ({'method': 'pc'}, 'init_pc_steps', True, 'spectral_gaussian'),
 }
-REFERENCE_STEPS = 2000  # PC-2000: the reference of the Gaussian targets
+REFERENCE_STEPS = 2000  # PC-2000: the default reference of the Gaussian targets (--reference_steps)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -103,6 +103,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--alphas', default='2,3,5,10,30', help='constant α of the alpha target')
   p.add_argument('--alpha_steps', default='10,20,33,66,100,200', help='N of the alpha target')
   p.add_argument('--resolution_steps', default='20,66,200')
+  p.add_argument('--reference_steps', type=int, default=REFERENCE_STEPS,
+                 help='N of the vanilla PC run that sets the reach target of the Gaussian targets')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out_dir', default=None)
   p.add_argument('--replot', action='store_true', help='redo the summary, plot and tables from the results JSON')
@@ -257,7 +259,7 @@ def run(args) -> dict:
     sigma_t = _fit_spectral_init(target, init_path, args.sigma_t)
     jobs = [(row, value) for row in rows for value in _nfe_grid(args, ROWS[row][1])]
     if target.name != 'shipped':
-      jobs.append(('pc', REFERENCE_STEPS if not args.quick else 50))
+      jobs.append(('pc', args.reference_steps if not args.quick else 50))
     for row, value in jobs:
       fields, _, pds, init = ROWS[row]
       config = _row_config(target.config, fields, value, init_path if init != 'prior' else None)
@@ -404,7 +406,8 @@ def plot(payload: dict, path) -> None:
       ax.plot([e['nfe'] for e in entries], [e['metrics'][metric] for e in entries], marker='o', ms=3,
               ls='--' if '/' in row else '-', label=row)
     if payload['target'] != 'shipped':
-      ax.axhline(payload['summary'][metric]['target'], color='k', lw=0.8, ls=':', label='1.05 × PC-2000')
+      reference_steps = payload['summary'][metric]['reference_nfe'] / 2
+      ax.axhline(payload['summary'][metric]['target'], color='k', lw=0.8, ls=':', label=f'1.05 × PC-{reference_steps:.0f}')
     ax.axhline(payload['floor'][metric], color='grey', lw=0.8, label='exact draws (noise floor)')
     ax.set(xscale='log', yscale='log', xlabel='NFE (score evaluations per sample)', ylabel=metric,
            title=f'{payload["target"]}: {metric} vs NFE ({payload["num_samples"]} samples)')
