@@ -7,10 +7,11 @@ import pytest
 
 from conftest import ROOT
 
+# Each smoke run compiles its samplers in a fresh process: 26-86 CPU-seconds with a cold cache.
+pytestmark = pytest.mark.slow
+
 SCRIPTS = ['quality_vs_steps', 'overhead', 'model_step', 'scaling', 'default_model_steps', 'init_aware_toys',
-           'init_aware_images', 'step_profile',
-           pytest.param('compile', marks=pytest.mark.slow),  # compiles with the cache disabled
-           pytest.param('controllable', marks=pytest.mark.slow)]  # ~1 min: nine conditional samplers compiled
+           'init_aware_images', 'step_profile', 'compile', 'controllable']
 
 
 @pytest.mark.parametrize('name', SCRIPTS)
@@ -24,7 +25,7 @@ def test_benchmark_quick_setting_writes_results(name, tmp_path):
   assert '|' in proc.stdout  # the markdown table
 
 
-@pytest.mark.parametrize('target', ['gaussian64_vp', 'resolution', pytest.param('shipped', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('target', ['gaussian64_vp', 'resolution', 'shipped'])
 def test_sampler_leaderboard_quick_setting_writes_results(target, tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'benchmarks.samplers', f'--target={target}', '--quick',
                          f'--out_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=900)
