@@ -29,7 +29,8 @@ Rows (method[+pds]/init; every sampler from the same per-sample keys):
   …/spectral    x_T from the closed-form spectral Gaussian q_T at σ_T (--sigma_t in data units
                 [0, 1], in the model's range for VP); on the Gaussian reference this init is exact,
                 so the row measures the solver from σ_T. No learned flow is fitted here (CPU).
-Reach: the NFE at which a row first comes within 1.05 × of PC-2000's error (Gaussian; --reference_steps) or of vanilla
+Reach: the NFE at which a row first comes within 1.05 × of PC-2000's error (Gaussian; --reference_steps;
+or of the error of as many exact draws where PC-2000's is lower, i.e. sampling noise) or of vanilla
 PC's best SWD (shipped), interpolated in log-log between grid points (common.reach_summary).
 
   python -m benchmarks.samplers --target gaussian64_vp            # one target
@@ -372,8 +373,11 @@ def summarise(payload: dict) -> dict:
   summary = {}
   reference = next(e for e in results['pc'] if e['value'] == max(x['value'] for x in results['pc']))
   for m in metrics:
-    target = TOLERANCE * reference['metrics'][m]
-    summary[m] = {'target': target, 'reference_value': reference['metrics'][m], 'reference_nfe': reference['nfe']}
+    # A reference below the exact draws' own error is the metric's sampling noise (FD of 256 samples
+    # varies by ~10 % between draws), not a quality to reach: the target is 1.05 × the larger of the two.
+    target = TOLERANCE * max(reference['metrics'][m], payload['floor'][m])
+    summary[m] = {'target': target, 'reference_value': reference['metrics'][m], 'reference_nfe': reference['nfe'],
+                  'floor': payload['floor'][m]}
     for row, entries in results.items():
       nfe = common.first_reach([e['nfe'] for e in entries], [e['metrics'][m] for e in entries], target)
       summary[m][row] = {'nfe_to_reach': nfe, 'at_most_grid_minimum': nfe == entries[0]['nfe'],
@@ -433,7 +437,7 @@ def report(payload: dict) -> str:
     best = min(e['metrics'][metrics[0]] for e in results[row])
     lines.append([row, best] + [common.reach_cell(summary[m][row]) for m in metrics])
   ref = ('vanilla PC best' if payload['target'] == 'shipped'
-         else f'PC-{summary[metrics[0]]["reference_nfe"] / 2:.0f}')
+         else f'PC-{summary[metrics[0]]["reference_nfe"] / 2:.0f}, or exact draws where lower')
   return (f'{payload["target"]} ({payload["num_samples"]} samples; reference {ref}):\n'
           + common.markdown_table(header, lines))
 
