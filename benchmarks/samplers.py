@@ -437,7 +437,7 @@ def report(payload: dict) -> str:
     best = min(e['metrics'][metrics[0]] for e in results[row])
     lines.append([row, best] + [common.reach_cell(summary[m][row]) for m in metrics])
   ref = ('vanilla PC best' if payload['target'] == 'shipped'
-         else f'PC-{summary[metrics[0]]["reference_nfe"] / 2:.0f}, or exact draws where lower')
+         else f'PC-{summary[metrics[0]]["reference_nfe"] / 2:.0f}, or exact draws where theirs is higher')
   return (f'{payload["target"]} ({payload["num_samples"]} samples; reference {ref}):\n'
           + common.markdown_table(header, lines))
 
