@@ -214,6 +214,7 @@ def summarise(payload: dict) -> dict:
 
 
 def plot(payload: dict, path) -> None:
+  import matplotlib.ticker
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   panels = [('gaussian', t, 'ratio') for t in payload['gaussian']] + \
@@ -233,6 +234,9 @@ def plot(payload: dict, path) -> None:
       ax.axhline(entry['floor'][metric], color='grey', ls=':', label='other eval patches (floor)')
       ax.set_yscale('log')
     ax.set_xscale('log')
+    nfes = sorted({r['nfe'] for rows in entry['families'].values() for r in rows})
+    ax.set_xticks(nfes, [f'{n:g}' for n in nfes])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # no overlapping minor labels
     ax.set_xlabel('score evaluations (NFE)')
     ax.set_title(f'{"exact Gaussian" if part == "gaussian" else "shipped model"}: {task}\n{metric}', fontsize=9)
     ax.grid(True, alpha=0.3)
