@@ -627,9 +627,9 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
   preconditioner = Preconditioner() if preconditioner is None else preconditioner
   solver.check_preconditioner(preconditioner)
   if not preconditioner.is_identity and not isinstance(sde, sde_lib.VESDE):
-    logging.warning('PDS with a %s: on the exact VP Gaussian reference no PDS variant beat the plain sampler at '
-                    '20-200 steps (the official one, which also preconditions the linear drift, lost at every N; '
-                    'README, Results); PDS targets VE models.', type(sde).__name__)
+    logging.warning('PDS with a %s: on the exact 64² VP Gaussian reference PC + PDS needed 196 score evaluations '
+                    'to come within 5 %% of PC-2000, the plain PC sampler 93 (README, Results); PDS targets VE '
+                    'models.', type(sde).__name__)
   solver.axis_name = axis_name
   sampler = Sampler(solver, shape, inverse_scaler, init=init, pmap=pmap, mesh=mesh)
   settings = {'method': plan.method, 'sde': type(sde).__name__, 'num_steps': solver.num_steps,
