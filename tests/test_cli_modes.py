@@ -31,6 +31,7 @@ def image_folder(tmp_path):
   return folder
 
 
+@pytest.mark.slow  # ~60 CPU-s: stats, a short training run and sampling, each a fresh process
 def test_stats_train_on_a_folder_of_own_images(tmp_path, image_folder):
   folder_args = ['--config.data.dataset=folder', f'--config.data.path={image_folder}']
   _main(*TINY_TRAIN, *folder_args, '--mode=stats', f'--workdir={tmp_path}')

@@ -80,7 +80,8 @@ def test_continuous_loss_of_the_exact_score_is_its_closed_form():
   assert abs(float(loss) - expected) < 0.02 * expected + 0.005
 
 
-@pytest.mark.parametrize('sde_name,continuous', [('vesde', True), ('vesde', False), ('vpsde', False)])
+@pytest.mark.parametrize('sde_name,continuous', [pytest.param('vesde', True, marks=pytest.mark.slow),  # ~60 CPU-s
+                                               ('vesde', False), ('vpsde', False)])
 def test_training_steps_lower_the_loss(sde_name, continuous):
   config = tiny_config()
   config.training.sde = sde_name

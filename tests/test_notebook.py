@@ -2,11 +2,13 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT
 
 
+@pytest.mark.slow  # ~90 CPU-s: the whole notebook in a kernel
 def test_quickstart_notebook_executes():
   notebook = nbformat.read(ROOT / 'notebooks' / 'pds_quickstart.ipynb', as_version=4)
   os.environ['PDS_NOTEBOOK_QUICK'] = '1'

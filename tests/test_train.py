@@ -26,6 +26,7 @@ def _log(workdir):
   return [json.loads(line) for line in (workdir / 'train_log.jsonl').read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~47 CPU-s
 def test_train_writes_legacy_checkpoints_samples_and_logs(tmp_path):
   _main(*TINY_TRAIN, '--mode=train', f'--workdir={tmp_path}', '--config.training.n_iters=6',
         '--config.training.snapshot_freq=4', '--config.training.snapshot_sampling=True')
