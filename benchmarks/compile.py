@@ -62,6 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--baseline', type=str, default=None,
                  help='a git ref whose code is measured too, interleaved with this checkout (before / after)')
   p.add_argument('--out_dir', type=str, default=None)
+  p.add_argument('--replot', action='store_true', help='redraw the PNG and tables from the results JSON')
   p.add_argument('--worker', type=str, default=None, help='internal: "method,N[,size]" measured in this process')
   args = p.parse_args(argv)
   if args.quick:
@@ -283,35 +284,59 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _label(row: dict, multi_code: bool, multi_size: bool) -> str:
-  parts = ([row['code']] if multi_code else []) + ([f'{row["size"]}²'] if multi_size else [])
-  return ' '.join(parts + [row['method']]) + f'\nN={row["num_steps"]}'
+  parts = ([row.get('code', THIS)] if multi_code else []) + ([f'{row.get("size")}²'] if multi_size else [])
+  return ' '.join(parts + [row['method']])
 
 
 def plot(payload: dict, path) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  import numpy as np
   rows = payload['summary']
+  steps = payload['setting']['steps']
   multi_code = len({r.get('code', THIS) for r in rows}) > 1
   multi_size = len({r.get('size') for r in rows}) > 1
-  labels = [_label(dict({'code': THIS, 'size': None}, **r), multi_code, multi_size) for r in rows]
-  fig, axes = plt.subplots(1, 3, figsize=(max(12, 0.9 * len(rows) * 3), 4.2))
-  x = range(len(rows))
-  axes[0].bar(x, [r['lower_s'] for r in rows], label='lower')
-  axes[0].bar(x, [r['compile_s'] for r in rows], bottom=[r['lower_s'] for r in rows], label='XLA compile')
+  groups = []  # one group per (code, size, method), one bar per N
+  for r in rows:
+    label = _label(r, multi_code, multi_size)
+    if label not in groups:
+      groups.append(label)
+  by = {(_label(r, multi_code, multi_size), r['num_steps']): r for r in rows}
+  fig, axes = plt.subplots(1, 3, figsize=(min(20, max(13, 0.8 * len(groups) * 3)), 4.6))
+  x = np.arange(len(groups))
+  width = 0.8 / len(steps)
+  for j, n in enumerate(steps):
+    xs = x + (j - (len(steps) - 1) / 2) * width
+    lower = [by[g, n]['lower_s'] for g in groups]
+    comp = [by[g, n]['compile_s'] for g in groups]
+    axes[0].bar(xs, lower, width, color=f'C{2 * j}', label=f'N={n} lower')
+    axes[0].bar(xs, comp, width, bottom=lower, color=f'C{2 * j + 1}', label=f'N={n} XLA compile')
+    axes[1].bar(xs, [by[g, n]['peak_rss_mb'] for g in groups], width, color=f'C{2 * j + 1}',
+                label=f'N={n} peak (lower + compile)')
+    axes[1].bar(xs, [by[g, n]['rss_before_lower_mb'] for g in groups], width, color='0.6', alpha=0.7,
+                label='RSS before lowering' if j == 0 else None)
   axes[0].set_ylabel('seconds (median)')
-  axes[0].legend()
-  axes[1].bar(x, [r['peak_rss_mb'] for r in rows], label='peak RSS (lower + compile)')
-  axes[1].bar(x, [r['rss_before_lower_mb'] for r in rows], label='RSS before lowering', alpha=0.7)
   axes[1].set_ylabel('MiB (median)')
-  axes[1].legend(loc='lower right')
-  axes[2].bar(x, [r['stablehlo_chars'] / 1e3 for r in rows], color='C2')
-  axes[2].set_ylabel('StableHLO text, thousand chars')
+  ratios = payload.get('ratios') or []
+  if ratios:
+    lo, hi = ratios[0]['steps']
+    rat = {_label(r, multi_code, multi_size): r for r in ratios}
+    keys = [('compile_s_ratio', 'compile s'), ('peak_rss_mb_ratio', 'peak RSS'),
+            ('stablehlo_chars_ratio', 'StableHLO chars')]
+    w = 0.8 / len(keys)
+    for j, (key, name) in enumerate(keys):
+      axes[2].bar(x + (j - 1) * w, [rat[g][key] for g in groups], w, label=name)
+    axes[2].axhline(1., color='k', lw=0.8)
+    axes[2].axhline(1.2, color='r', ls='--', lw=0.8, label='1.2 (the bound)')
+    axes[2].set_ylim(0.8, max(1.3, max(rat[g][k] for g in groups for k, _ in keys) + 0.05))
+    axes[2].set_ylabel(f'N = {hi} / N = {lo} (median of per-repetition ratios)')
   for ax in axes:
-    ax.set_xticks(list(x), labels, fontsize=6)
-  steps = ' vs '.join(str(n) for n in payload['setting']['steps'])
+    ax.set_xticks(list(x), groups, fontsize=7, rotation=30, ha='right')
+    ax.legend(fontsize=7, loc='lower right')
   net = payload['setting']['net']['class'] if isinstance(payload['setting']['net'], dict) else payload['setting']['net']
-  fig.suptitle(f'Compiling the sampler scan ({net}; compilation cache disabled): N = {steps}', fontsize=10)
+  fig.suptitle(f'Compiling the sampler scan ({net}; compilation cache disabled): N = '
+               f'{" vs ".join(str(n) for n in steps)}', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -339,6 +364,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
     print(json.dumps(measure(args)))
     return None
   paths = common.output_paths('compile_ncsnpp' if args.net == 'ncsnpp' else 'compile', args.out_dir, args.quick)
+  if args.replot:
+    return common.finish(paths, json.loads(paths['json'].read_text()), plot, report, write=False)
   payload = run(args)
   return common.finish(paths, payload, plot, report)
 
