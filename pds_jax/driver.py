@@ -19,8 +19,8 @@ as their leading axis (k-diffusion's uniformity, diffrax's separation of the sol
 - the scan over steps in `num_chunks` jitted chunks (bit-identical for any count), a tqdm bar and a
   snapshot callback between chunks;
 - a compiled scan that does not grow with N: the solver's per-step arrays (`Solver.tables`) are jit
-  arguments read by `solver.bind(tables)`, never constants folded into the program, and the step
-  index is a counter in the carry, not an N-long array, so N enters only as the trip count;
+  arguments read by `solver.bind(tables)`, never constants of the program, so N enters only as the
+  trip count (and the length of the step indices' iota, a few scalars);
 - `NonFiniteSampleError` naming the first step whose state became NaN/Inf;
 - the number of score evaluations per sample, counted from the final state.
 """
@@ -279,16 +279,21 @@ class Sampler:
     return state, jnp.full((1,), -1, jnp.int32)
 
   def _run_impl(self, score_fn, preconditioner, tables, carry, start, length: int):
-    """Steps start … start + length - 1: N enters as the trip count only (tables are arguments)."""
+    """Steps start … start + length - 1, reading the solver's per-step arrays from `tables` (arguments).
+
+    The step indices are scanned over as start + iota(length), an op of the program, not a constant.
+    (Carrying the index as a counter instead made XLA CPU give an FFT of the GSPMD-partitioned
+    program a layout its FFT thunk rejects: RET_CHECK IsMonotonicWithDim0Major, jax-ml/jax#22484.)
+    """
     solver = self.solver.bind(tables)
 
-    def step(counted, _):
-      (state, first_bad), i = counted
+    def step(carry, i):
+      state, first_bad = carry
       state = solver.step(score_fn, preconditioner, state, i)
       first_bad = jnp.where((first_bad < 0) & ~_all_finite(state), i, first_bad)
-      return ((state, first_bad), i + 1), None
+      return (state, first_bad), None
 
-    (carry, _), _ = jax.lax.scan(step, (carry, jnp.asarray(start, jnp.int32)), None, length=length)
+    carry, _ = jax.lax.scan(step, carry, start + jnp.arange(length))
     return carry
 
   def _finish_impl(self, carry):

