@@ -88,12 +88,15 @@ class DPMSolverPP(SigmaGridSolver):
     self.orders = np.asarray(orders + [1] * (self.num_steps - real), np.int32)
     self.lambdas = -np.log(np.where(self.sigmas > 0, self.sigmas, 1.))  # λ = -log σ (unused at σ = 0)
 
+  def tables(self):
+    return dict(super().tables(), lambdas=jnp.asarray(self.lambdas, jnp.float32), orders=jnp.asarray(self.orders))
+
   def init_history(self, x):
     return tuple(jnp.zeros_like(x) for _ in range(self.order - 1))
 
   def grid_step(self, denoise, preconditioner, state, i, sigma, sigma_next):
     x, history = state.x, state.history
-    lam = jnp.asarray(self.lambdas, jnp.float32)
+    lam = self.table('lambdas')
     h = lam[i + 1] - lam[i]
     h0 = lam[i] - lam[jnp.maximum(i - 1, 0)]
     h1 = lam[jnp.maximum(i - 1, 0)] - lam[jnp.maximum(i - 2, 0)]
@@ -119,5 +122,5 @@ class DPMSolverPP(SigmaGridSolver):
       return base + phi_2 * d1 - phi_3 * d2
 
     branches = (first, second, third)[:self.order]
-    x = jax.lax.switch(jnp.asarray(self.orders)[i] - 1, branches, None) if self.order > 1 else base
+    x = jax.lax.switch(self.table('orders')[i] - 1, branches, None) if self.order > 1 else base
     return state._replace(x=x, history=((d0,) + history)[:self.order - 1])

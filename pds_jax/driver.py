@@ -6,6 +6,7 @@ as their leading axis (k-diffusion's uniformity, diffrax's separation of the sol
   state = solver.init(rng, x_T)                       x_T (B, H, W, C) at time solver.t_start
   state = solver.init(rng, x_T, cond)                 conditional solvers: cond, batch-leading arrays
   state = solver.step(score_fn, preconditioner, state, i)   i = 0 … solver.num_steps - 1
+  tables = solver.tables()                            per-step arrays (time grids, discrete schedules)
   x     = solver.output(state)                        samples in the SDE's variable at t = eps / 0
   aux   = solver.aux(state)                           per-sample results beyond x (e.g. log-densities)
 
@@ -17,12 +18,16 @@ as their leading axis (k-diffusion's uniformity, diffrax's separation of the sol
 - `jit`, score_sde's `pmap`, or `jax.shard_map` over a 1-D mesh (one program per device);
 - the scan over steps in `num_chunks` jitted chunks (bit-identical for any count), a tqdm bar and a
   snapshot callback between chunks;
+- a compiled scan that does not grow with N: the solver's per-step arrays (`Solver.tables`) are jit
+  arguments read by `solver.bind(tables)`, never constants of the program, so N enters only as the
+  trip count (and the length of the step indices' iota, a few scalars);
 - `NonFiniteSampleError` naming the first step whose state became NaN/Inf;
 - the number of score evaluations per sample, counted from the final state.
 """
 from __future__ import annotations
 
 import abc
+import copy
 import functools
 from typing import Any, Callable, Optional, Tuple
 
@@ -97,6 +102,7 @@ class Solver(abc.ABC):
   preconditioned_by_pds: bool = False
   precondition_prior: bool = True
   axis_name: Optional[str] = None
+  _bound_tables: Optional[dict] = None
 
   def __init__(self, sde: sde_lib.SDE, t_start: float):
     self.sde, self.t_start = sde, float(t_start)
@@ -109,6 +115,28 @@ class Solver(abc.ABC):
   @abc.abstractmethod
   def step_times(self) -> np.ndarray:
     """(num_steps,) SDE time at the start of each step (None entries where undefined)."""
+
+  def tables(self) -> dict:
+    """The per-step arrays the steps read (a time grid, an SDE's discrete schedule): a pytree of arrays.
+
+    The driver passes them to the jitted scan as arguments and steps a `bind(tables)` copy of the
+    solver, so arrays of length ~num_steps never become constants of the compiled program (its
+    size, compile time and memory then do not grow with N). Values must be exactly those the
+    step would compute itself. Default: none.
+    """
+    return {}
+
+  def bind(self, tables: dict) -> 'Solver':
+    """A shallow copy of this solver reading `tables` (traced inside the scan) in place of its own."""
+    if not jax.tree_util.tree_leaves(tables):
+      return self
+    solver = copy.copy(self)
+    solver._bound_tables = tables
+    return solver
+
+  def table(self, name: str) -> Any:
+    """Entry `name` of the bound tables inside the driver's scan, else of `tables()`."""
+    return (self.tables() if self._bound_tables is None else self._bound_tables)[name]
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, x: jax.Array) -> State:
@@ -196,8 +224,8 @@ class Sampler:
     if pmap:
       solver.axis_name = solver.axis_name or 'batch'
       self._start = jax.pmap(self._start_impl, in_axes=(0, None, None, 0, 0))
-      self._run = jax.pmap(self._run_impl, axis_name=solver.axis_name, in_axes=(None, None, 0, None),
-                           static_broadcasted_argnums=(4,))
+      self._run = jax.pmap(self._run_impl, axis_name=solver.axis_name, in_axes=(None, None, None, 0, None),
+                           static_broadcasted_argnums=(5,))
       self._finish = jax.pmap(self._finish_impl)
     elif mesh is not None:
       solver.axis_name = mesh.axis_names[0]
@@ -208,13 +236,13 @@ class Sampler:
       per_device = lambda fn, in_specs, out_specs: jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
                                                                  out_specs=out_specs, check_vma=False)
       self._start = jax.jit(per_device(self._start_impl, (batch, rep, rep, batch, batch), carry))
-      self._run = jax.jit(lambda score_fn, precond, c, start, length: per_device(
-          functools.partial(self._run_impl, length=length), (rep, rep, carry, rep), carry)(
-              score_fn, precond, c, start), static_argnums=(4,))
+      self._run = jax.jit(lambda score_fn, precond, tables, c, start, length: per_device(
+          functools.partial(self._run_impl, length=length), (rep, rep, rep, carry, rep), carry)(
+              score_fn, precond, tables, c, start), static_argnums=(5,))
       self._finish = jax.jit(per_device(self._finish_impl, (carry,), (batch, batch, batch)))
     else:
       self._start = jax.jit(self._start_impl)
-      self._run = jax.jit(self._run_impl, static_argnums=(4,))
+      self._run = jax.jit(self._run_impl, static_argnums=(5,))
       self._finish = jax.jit(self._finish_impl)
 
   @property
@@ -250,14 +278,21 @@ class Sampler:
     state = self.solver.init(rng, x_init) if cond is None else self.solver.init(rng, x_init, cond)
     return state, jnp.full((1,), -1, jnp.int32)
 
-  def _step(self, score_fn, preconditioner, carry, i):
-    state, first_bad = carry
-    state = self.solver.step(score_fn, preconditioner, state, i)
-    first_bad = jnp.where((first_bad < 0) & ~_all_finite(state), i, first_bad)
-    return (state, first_bad), None
+  def _run_impl(self, score_fn, preconditioner, tables, carry, start, length: int):
+    """Steps start … start + length - 1, reading the solver's per-step arrays from `tables` (arguments).
 
-  def _run_impl(self, score_fn, preconditioner, carry, start, length: int):
-    step = functools.partial(self._step, score_fn, preconditioner)
+    The step indices are scanned over as start + iota(length), an op of the program, not a constant.
+    (Carrying the index as a counter instead made XLA CPU give an FFT of the GSPMD-partitioned
+    program a layout its FFT thunk rejects: RET_CHECK IsMonotonicWithDim0Major, jax-ml/jax#22484.)
+    """
+    solver = self.solver.bind(tables)
+
+    def step(carry, i):
+      state, first_bad = carry
+      state = solver.step(score_fn, preconditioner, state, i)
+      first_bad = jnp.where((first_bad < 0) & ~_all_finite(state), i, first_bad)
+      return (state, first_bad), None
+
     carry, _ = jax.lax.scan(step, carry, start + jnp.arange(length))
     return carry
 
@@ -315,13 +350,14 @@ class Sampler:
       if self.pmap:
         cond = jax.tree_util.tree_map(lambda a: a.reshape(rng.shape[:2] + a.shape[1:]), cond)
     carry = self._start(rng, preconditioner, self.init, x_init, cond)
+    tables = self.solver.tables()
     bar = None
     if progress:
       from tqdm.auto import tqdm
       bar = tqdm(total=n, desc=f'sampling ({self.solver.name})', unit='step', leave=False)
     try:
       for start, stop in zip(bounds[:-1], bounds[1:]):
-        carry = self._run(score_fn, preconditioner, carry, jnp.int32(start), int(stop - start))
+        carry = self._run(score_fn, preconditioner, tables, carry, jnp.int32(start), int(stop - start))
         if bar is not None:
           jax.block_until_ready(carry)
           bar.update(int(stop - start))
@@ -356,7 +392,7 @@ class Sampler:
                  length: Optional[int] = None) -> jax.stages.Lowered:
     """The jitted scan of `length` steps (default all) lowered for these arguments: `.compile()` it."""
     preconditioner = Preconditioner() if preconditioner is None else preconditioner
-    return self._run.lower(_as_pytree_fn(score_fn), preconditioner, carry, jnp.int32(0),
+    return self._run.lower(_as_pytree_fn(score_fn), preconditioner, self.solver.tables(), carry, jnp.int32(0),
                            self.num_steps if length is None else int(length))
 
   def _per_device(self, keys: jax.Array) -> jax.Array:

@@ -148,9 +148,13 @@ class SigmaGridSolver(Solver):
     last = self.sigmas[-1]
     return state.x if last == 0 else self.sde.edm_scale(jnp.float32(self.sde.edm_time(last))) * state.x
 
+  def tables(self) -> dict:
+    """The grid σ_i as float32 (num_steps + 1,): a jit argument of the driver's scan, not a constant."""
+    return {'sigmas': jnp.asarray(self.sigmas, jnp.float32)}
+
   def step(self, score_fn, preconditioner, state, i):
     denoise = denoiser_from_score(score_fn, self.sde)
-    sigmas = jnp.asarray(self.sigmas, jnp.float32)
+    sigmas = self.table('sigmas')
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
     if self.sigmas[-1] > 0:
       return self.grid_step(denoise, preconditioner, state, i, sigma, sigma_next)

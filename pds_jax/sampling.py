@@ -289,6 +289,12 @@ class PCState(NamedTuple):
   x_mean: jax.Array
 
 
+def _linspace(start: float, stop: float, num: int) -> jax.Array:
+  """`jnp.linspace(start, stop, num)` of constants as a jitted program computes it (XLA may fold the
+  constants differently from an eager call with array arguments, by an ulp: keep them constants)."""
+  return jax.jit(lambda: jnp.linspace(start, stop, num))()
+
+
 def _rescaled_time_score(score_fn: ScoreFn, x: jax.Array, t: jax.Array, *, kappa: float) -> jax.Array:
   return score_fn(x, kappa * t)
 
@@ -325,6 +331,7 @@ class PCSolver(Solver):
     self.kappa = self.t_start / sde.T
     self.run_sde = sde if self.kappa == 1 else sde.truncate(self.t_start)
     self.run_eps = eps / self.kappa
+    self._time_grid = None
 
   @property
   def num_steps(self) -> int:
@@ -338,6 +345,26 @@ class PCSolver(Solver):
     evals = (self.predictor is not NonePredictor) + (self.corrector is not NoneCorrector) * self.n_steps
     return self.num_steps * evals
 
+  def tables(self) -> dict:
+    """t_i = linspace(T, eps, N) (N,) and run_sde's discrete schedules: jit arguments of the driver's scan.
+
+    The grid is the float32 array score_sde's step computes in-graph, `jnp.linspace(T, eps, N)`,
+    computed once by the same jitted expression (bit-identical to the in-graph values), so the
+    compiled scan holds neither the N-long grid nor its computation.
+    """
+    grid = self._time_grid
+    if grid is None:
+      grid = _linspace(self.run_sde.T, self.run_eps, self.run_sde.N)
+      if not isinstance(grid, jax.core.Tracer):  # called under a trace (step outside the driver): no caching
+        self._time_grid = grid
+    return {'t': grid, 'sde': self.run_sde.tables()}
+
+  def bind(self, tables):
+    solver = super().bind(tables)
+    if solver is not self:
+      solver.run_sde = self.run_sde.with_tables(tables['sde'])
+    return solver
+
   def init(self, rng, x):
     return PCState(rng, x, x)
 
@@ -345,7 +372,7 @@ class PCSolver(Solver):
     if self.kappa != 1:
       score_fn = Partial(functools.partial(_rescaled_time_score, kappa=self.kappa), score_fn)
     rng, x, x_mean = state[:3]
-    t = jnp.linspace(self.run_sde.T, self.run_eps, self.run_sde.N)[i]
+    t = self.table('t')[i]
     vec_t = jnp.ones(x.shape[0]) * t
     corrector = self.corrector(self.run_sde, score_fn, self.snr, self.n_steps, preconditioner, self.axis_name)
     predictor = self.predictor(self.run_sde, score_fn, self.probability_flow, preconditioner, self.pds_variant)

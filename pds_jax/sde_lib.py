@@ -9,6 +9,7 @@ function of its arguments, so an SDE can be closed over inside `jax.jit`, `pmap`
 from __future__ import annotations
 
 import abc
+import copy
 from typing import Callable, Optional, Tuple
 
 import jax
@@ -76,6 +77,29 @@ class SDE(abc.ABC):
   def edm_time(self, sigma: jax.Array) -> jax.Array:
     """The time t with edm_sigma(t) = σ (the inverse of `edm_sigma`)."""
 
+  # Names of the (N,) arrays of the discretisation (e.g. VESDE.discrete_sigmas): `tables` / `with_tables`.
+  TABLES: Tuple[str, ...] = ()
+
+  def tables(self) -> dict:
+    """The SDE's (N,) discrete schedules by name, for a jitted program to take as arguments."""
+    return {name: getattr(self, name) for name in self.TABLES}
+
+  def with_tables(self, tables: dict) -> 'SDE':
+    """A shallow copy reading `tables` (e.g. traced jit arguments) in place of its own (N,) arrays.
+
+    Closed-over (N,) arrays would be folded into a jitted program as constants, so a program
+    stepping N times would grow with N; given as arguments, it does not.
+    """
+    if not tables:
+      return self
+    unknown = set(tables) - set(self.TABLES)
+    if unknown:
+      raise ValueError(f'{type(self).__name__}.with_tables: unknown tables {sorted(unknown)}; has {self.TABLES}.')
+    sde = copy.copy(self)
+    for name, value in tables.items():
+      setattr(sde, name, value)
+    return sde
+
   def discretize(self, x: jax.Array, t: jax.Array) -> Tuple[jax.Array, jax.Array]:
     """Euler–Maruyama discretisation x_{i+1} = x_i + f_i(x_i) + G_i z_i; returns (f, G)."""
     dt = 1 / self.N
@@ -137,6 +161,7 @@ def _standard_normal_logp(z: jax.Array, var: float = 1.) -> jax.Array:
 
 class _BetaSDE(SDE):
   """Shared parts of the VP and sub-VP SDEs: linear β(t), the DDPM discrete betas, a N(0, I) prior."""
+  TABLES = ('discrete_betas', 'alphas', 'alphas_cumprod', 'sqrt_alphas_cumprod', 'sqrt_1m_alphas_cumprod')
 
   def __init__(self, beta_min: float = 0.1, beta_max: float = 20., N: int = 1000):
     super().__init__(N)
@@ -240,6 +265,7 @@ class subVPSDE(_BetaSDE):
 
 class VESDE(SDE):
   """Variance-exploding SDE (continuous SMLD/NCSN): σ(t) = σ_min (σ_max / σ_min)^t."""
+  TABLES = ('discrete_sigmas',)
 
   def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50., N: int = 1000):
     super().__init__(N)

@@ -65,6 +65,40 @@ def test_non_finite_states_are_reported_with_their_step(name):
   assert info.value.step in (first - 1, first), (info.value.step, times)
 
 
+def _lowered_scan_text(solver, pre):
+  sampler = Sampler(solver, SHAPE)
+  carry = sampler.initial_carry(jax.random.PRNGKey(0), pre)
+  return sampler.lower_scan(REF.score_fn(solver.sde), pre, carry).as_text()
+
+
+@pytest.mark.parametrize('make', [
+    lambda n: sampling.PCSolver(SDE.with_num_scales(n), eps=1e-5),
+    lambda n: sampling.PCSolver(sde_lib.VPSDE(0.1, 20., n), 'ancestral_sampling', 'langevin', eps=1e-3),
+    lambda n: sampling.PCSolver(SDE.with_num_scales(n), eps=1e-5, t_start=0.6),
+    lambda n: dpm_solver.DPMSolverPP(SDE, edm.karras_sigmas(10., 0.01, n, 7., append_zero=True), 2),
+], ids=['pc_ve', 'pc_vp_ancestral', 'pc_truncated', 'dpm_solver++'])
+def test_the_lowered_scan_does_not_grow_with_the_number_of_steps(make):
+  """The per-step arrays (time grid, discrete σ / β, σ grid) are jit arguments, not constants: N enters
+  the program as the scan's trip count and a few scalars only (issue 15)."""
+  pre = Preconditioner(freq_mask=jnp.ones(SHAPE[1:]) * 1.5)
+  small, large = (_lowered_scan_text(make(n), pre) for n in (6, 1500))
+  number = re.compile(r'-?\d+(\.\d+)?([eE][+-]?\d+)?')
+  assert number.sub('#', small) == number.sub('#', large)  # the same program up to its numbers
+  assert abs(len(large) - len(small)) < 200, (len(small), len(large))
+  constants = [line for line in large.splitlines() if 'stablehlo.constant' in line]
+  assert not [c for c in constants if re.search(r'tensor<1[45]\d\dx', c)], constants
+
+
+@pytest.mark.parametrize('num_steps,eps,t_start', [(7, 1e-5, None), (333, 0.05, None), (2000, 1e-5, None),
+                                                   (1000, 1e-3, 0.55), (2, 0.1, None)])
+def test_pc_time_grid_table_is_the_in_graph_linspace_bit_for_bit(num_steps, eps, t_start):
+  solver = sampling.PCSolver(SDE.with_num_scales(num_steps), eps=eps, t_start=t_start)
+  T, run_eps, n = solver.run_sde.T, solver.run_eps, solver.run_sde.N
+  body = lambda c, i: (c, jnp.linspace(T, run_eps, n)[i])  # score_sde's step, in a jitted scan
+  in_graph = jax.jit(lambda: jax.lax.scan(body, 0, jnp.arange(n))[1])()
+  np.testing.assert_array_equal(np.asarray(solver.tables()['t']), np.asarray(in_graph))
+
+
 def test_pc_per_sample_keys_make_a_sample_independent_of_its_batch_for_every_noise_draw():
   """Only the Langevin step size couples samples (a batch mean); without the corrector nothing does."""
   solver = sampling.PCSolver(SDE, 'reverse_diffusion', 'none', eps=1e-5)
