@@ -69,7 +69,8 @@ def test_masks_lie_in_the_documented_range(h, c, alpha, seed):
   mask = pc.normalize_mask(stat, alpha)
   assert mask.dtype == np.float32 and mask.shape == (h, h, c)
   assert mask.min() >= 1 - 1e-6  # the max-power bin has M = 1
-  assert mask.max() <= alpha / (alpha - 1 + stat.min() / stat.max()) * (1 + 1e-6)
+  # float32 statistics: at α → 1 the mask is max / min, whose rounding reaches ~1e-6 relative
+  assert mask.max() <= alpha / (alpha - 1 + stat.min() / stat.max()) * (1 + 1e-5)
   assert np.isclose(mask[np.unravel_index(stat.argmax(), stat.shape)], 1.)
 
 
