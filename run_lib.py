@@ -71,6 +71,12 @@ def gaussian_reference(config) -> gaussian.GaussianReference:
                                               pixel_std=config.data.pixel_std, exponent=config.data.spectrum_exponent)
 
 
+def in_model_range(config, reference: gaussian.GaussianReference) -> gaussian.GaussianReference:
+  """The Gaussian reference in the model's variable (`datasets.get_data_scaler`: x, or 2x - 1 if centered)."""
+  scale, shift = (2., -1.) if config.data.centered else (1., 0.)
+  return reference.affine(scale, shift)
+
+
 def validate_sampling_config(config) -> None:
   """Checks the sampling fields before any compute starts; raises ValueError naming the field.
 
@@ -114,8 +120,7 @@ def get_score_fn(config, workdir: Optional[str], sde: sde_lib.SDE):
   Returns (score_fn, description dict for the report).
   """
   if config.model.name == GAUSSIAN_REFERENCE:  # the exact score of the data law in the model's range
-    scale, shift = (2., -1.) if config.data.centered else (1., 0.)  # datasets.get_data_scaler
-    return gaussian_reference(config).affine(scale, shift).score_fn(sde), {'model': GAUSSIAN_REFERENCE}
+    return in_model_range(config, gaussian_reference(config)).score_fn(sde), {'model': GAUSSIAN_REFERENCE}
   from pds_jax import checkpoints
   from pds_jax.models import utils as mutils
   source = config.eval.checkpoint_path or workdir
@@ -486,8 +491,8 @@ def likelihood(config: ml_collections.ConfigDict, workdir: str, eval_folder: str
   scaler = datasets.get_data_scaler(config)
   exact = None
   if config.model.name == GAUSSIAN_REFERENCE:
-    scale, shift = (2., -1.) if config.data.centered else (1., 0.)
-    exact = (gaussian_reference(config), gaussian_reference(config).affine(scale, shift))
+    reference = gaussian_reference(config)
+    exact = (reference, in_model_range(config, reference))
   batch, total = config.eval.batch_size, config.eval.num_samples
   num_rounds, host = -(-total // batch), jax.process_index()
   done = _finished_rounds(folder, 'bpd')
