@@ -296,9 +296,14 @@ def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = '
   return report
 
 
+def _pds_label(settings: Dict) -> str:
+  """'PDS alpha <α> (<variant>)' or 'no PDS', for figure titles (ASCII: the bundled font has no Greek)."""
+  return f'PDS alpha {settings["alpha"]:g} ({settings["pds_variant"]})' if settings['preconditioned'] else 'no PDS'
+
+
 def _sample_caption(settings: Dict, nfe: float, count: int) -> str:
   """grid.png's title lines (ASCII: the bundled font has no Greek): method, steps, NFE, init, PDS."""
-  pds = (f'PDS alpha {settings["alpha"]:g} ({settings["pds_variant"]})' if settings['preconditioned'] else 'no PDS')
+  pds = _pds_label(settings)
   init = settings['init'] + (f' at sigma_T {settings["sigma_t"]:.3g}' if settings.get('sigma_t') is not None else '')
   return (f'{settings["method"]} · {settings["num_steps"]} steps · NFE {nfe:g} · {pds}\n'
           f'init {init} · {settings["sde"]} · seed {settings["seed"]} · {min(count, 64)} of {count} samples')
@@ -710,8 +715,10 @@ def _controllable_report(config, mode: str, folder: str, shards: Dict[int, str],
     columns = [('input', x * mask + 0.5 * (1. - mask)), ('mask', mask), ('result', out), ('original', x)]
   else:
     columns = [('grayscale', observed_view), ('result', out), ('original', x)]
-  write_png(os.path.join(folder, 'grid.png'), titled_grid(columns))
   count = sums['count']
+  caption = (f'{mode} · {settings["num_steps"]} steps · NFE {_as_count(sums["nfe"] / count):g} · {_pds_label(settings)}\n'
+             f'known region at T: {settings["known_init"]} · mask: {settings["mask"]} · {len(out)} of {count} images')
+  write_png(os.path.join(folder, 'grid.png'), titled_panels([(caption, titled_grid(columns))]))
   report = {'settings': {**settings, 'parallel': config.eval.parallel, 'devices_per_host': jax.local_device_count(),
                          'hosts': jax.process_count()},
             'num_images': count, 'nfe_per_sample': _as_count(sums['nfe'] / count),
