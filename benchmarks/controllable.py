@@ -33,12 +33,12 @@ import jax
 import ml_collections
 import numpy as np
 
-import run_lib
 from benchmarks import common
 from configs.default_model import get_config as model_config
 from configs.gaussian.natural_32 import get_config as gaussian_config
 from pds_jax import controllable_generation as cg
-from pds_jax import datasets, evaluation, gaussian, preconditioning, sampling, sde_lib
+from pds_jax import (datasets, evaluation, gaussian, inpaint_masks, preconditioning, references, sampling, sampling_run,
+                     sde_lib)
 from pds_jax.metrics import swd
 from pds_jax.preconditioning import Preconditioner
 
@@ -75,12 +75,12 @@ def _gaussian_task(task: str, size: int, num_images: int, seed: int):
   """(score reference, images, mask or None, the exact conditional) of a Gaussian task."""
   config = gaussian_config()
   config.data.image_size = size
-  plain = run_lib.gaussian_reference(config)
+  plain = references.gaussian_reference(config)
   if task == 'colorize':
     reference = gaussian.ColourGaussianReference.correlated(plain)
     x = np.asarray(reference.sample(jax.random.PRNGKey(seed), num_images))
     return reference, x, None, reference.condition_on_channels(x, cg.COLOR_MATRIX, [0])
-  mask = run_lib.builtin_mask('random_50' if task == 'inpaint_random50' else 'center_square', plain.shape, seed)
+  mask = inpaint_masks.builtin_mask('random_50' if task == 'inpaint_random50' else 'center_square', plain.shape, seed)
   x = np.asarray(plain.sample(jax.random.PRNGKey(seed), num_images))
   return plain, x, mask, plain.condition_on_pixels(x, mask)
 
@@ -148,8 +148,8 @@ def run_model(args) -> dict:
   metric_config = ml_collections.ConfigDict(config.to_dict())
   metric_config.eval.kid_subset_size = n
   sde, eps = sde_lib.get_sde(config)
-  score_fn, _ = run_lib.get_score_fn(config, None, sde)
-  mask = run_lib.builtin_mask('center_square', run_lib.image_shape(config))
+  score_fn, _ = sampling_run.get_score_fn(config, None, sde)
+  mask = inpaint_masks.builtin_mask('center_square', references.image_shape(config))
   keys = sampling.sample_keys(config.seed, 0, n)
   results = {}
   for task in MODEL_TASKS:
@@ -161,7 +161,7 @@ def run_model(args) -> dict:
       for steps in common.int_list(args.model_steps):
         cfg = model_config()
         cfg.sampling.speed_up = cfg.model.num_scales / steps
-        precond = run_lib.load_preconditioner(cfg) if pds else None
+        precond = sampling_run.load_preconditioner(cfg) if pds else None
         make = cg.get_pc_colorizer if task == 'colorize' else cg.get_pc_inpainter
         fn = make(sde, 'reverse_diffusion', 'langevin', lambda x: x, cfg.sampling.snr, eps=eps,
                   speed_up=cfg.sampling.speed_up, preconditioner=precond, known_init=known_init)

@@ -4,7 +4,7 @@ Model: the small NCSN++ (VE) of configs/default_model.py, trained with this proj
 on the bundled 32×32 natural-image patches. Samplers, all from the same per-sample seeds:
   vanilla   reverse_diffusion + langevin (snr 0.16), N = 1000 / k steps, eps = 1e-5 · k (PDS's speed_up)
   pds       the same with the shipped PDS masks (frequency and space statistic, α = --alpha)
-  init_s<σ_T>      x_T ~ the closed-form spectral Gaussian init at σ_T (run_lib.fit_init on 4096
+  init_s<σ_T>      x_T ~ the closed-form spectral Gaussian init at σ_T (`run_lib.fit_init` on 4096
                    training patches; zero training), then EDM Heun on the Karras grid σ_T → 0.002 (ρ 5)
 Metrics against 2000 training patches (pds_jax.evaluation): multi-scale SWD (×10³, average of the
 levels), Fréchet distance and KID on the fixed statistics features; the noise floor is the same
@@ -28,7 +28,7 @@ import numpy as np
 import run_lib
 from benchmarks import common
 from configs.default_model import get_config
-from pds_jax import evaluation, sampling
+from pds_jax import evaluation, references, sampling, sampling_run
 from pds_jax.preconditioning import Preconditioner
 
 METRICS = ('swd_avg', 'fd_features', 'kid')
@@ -84,7 +84,7 @@ def _metrics(config, samples: np.ndarray, reference) -> Dict[str, float]:
 def run(args) -> dict:
   base = get_config()
   base.eval.batch_size = args.batch_size
-  reference_images, held_out = run_lib.reference_images(base, args.num_reference, args.num_samples)
+  reference_images, held_out = references.reference_images(base, args.num_reference, args.num_samples)
   metric_config = ml_collections.ConfigDict(base.to_dict())
   metric_config.eval.kid_subset_size = min(args.num_samples, 1000)
   reference = evaluation.image_features(reference_images, metric_config, 'reference')
@@ -108,13 +108,13 @@ def _run_families(args, families: Dict[str, list], init_dirs: Dict[str, str], re
   for method, grid in families.items():
     for n in grid:
       config = _config(args, method, n, init_dirs)
-      sampler_run = run_lib.SamplingRun.build(config, None)
-      precond = run_lib.load_preconditioner(config) if 'pds' in method else Preconditioner()
+      sampler_run = sampling_run.SamplingRun.build(config, None)
+      precond = sampling_run.load_preconditioner(config) if 'pds' in method else Preconditioner()
       sampler = sampler_run.sampler(precond)
       batches, nfe, wall = [], 0, 0.
       for start in range(0, args.num_samples, args.batch_size):
         keys = sampling.sample_keys(config.seed, start, args.batch_size)
-        samples, nfe, seconds = run_lib.draw(sampler, keys, sampler_run.score_fn)
+        samples, nfe, seconds = sampling_run.draw(sampler, keys, sampler_run.score_fn)
         batches.append(samples)
         wall += seconds
       samples = np.clip(np.concatenate(batches)[:args.num_samples], 0., 1.)

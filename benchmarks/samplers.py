@@ -190,10 +190,9 @@ class Target:
     self.num_samples = 16 if args.quick else (args.num_samples or default_n)
     self.inverse_scaler = datasets.get_data_inverse_scaler(self.config)
     if name == 'shipped':
-      import run_lib
-      from pds_jax import evaluation
-      self.score_fn, _ = run_lib.get_score_fn(self.config, None, self.sde)
-      images, self.floor_images = run_lib.reference_images(self.config, 2000, self.num_samples)
+      from pds_jax import evaluation, references, sampling_run
+      self.score_fn, _ = sampling_run.get_score_fn(self.config, None, self.sde)
+      images, self.floor_images = references.reference_images(self.config, 2000, self.num_samples)
       self.train_images = np.concatenate(list(datasets.iterate_images(self.config, 'train', 4096, seed=args.seed)))
       metric_config = ml_collections.ConfigDict(self.config.to_dict())
       metric_config.eval.kid_subset_size = min(self.num_samples, 1000)

@@ -18,8 +18,8 @@
    correctness and the cost of the device split, not real multi-device scaling.
 2. Bookkeeping. The CLI's (`run_lib.sample`) per-round work other than sampling: keys
    (`sample_keys` + `place_keys`, timed in each worker at its device count), writing one shard
-   (`run_lib.write_npz` of the uint8 + float32 arrays of one batch, fsynced), and the resume scan
-   `run_lib._finished_rounds` over a folder of --num_files shard files (`run_lib.sample` scans
+   (`io_utils.write_npz` of the uint8 + float32 arrays of one batch, fsynced), and the resume scan
+   `shards.finished_rounds` over a folder of --num_files shard files (`run_lib.sample` scans
    once at startup). Each cost is divided by the sampling time of one round (d = 1, sharding).
 
   JAX_COMPILATION_CACHE_DIR=.jax_cache python -m benchmarks.scaling            # full setting
@@ -203,12 +203,12 @@ def _agreement(samples: Dict[int, Dict[str, np.ndarray]], rtol: float) -> dict:
 
 def _bookkeeping(args: argparse.Namespace, samples: np.ndarray, scratch: str) -> dict:
   """ms of the CLI's shard write and resume scan, in this (parent) process."""
-  import run_lib
+  from pds_jax import io_utils, shards
   shard_dir = os.path.join(scratch, 'shards')
   os.makedirs(shard_dir)
 
   def write(r: int) -> None:  # as run_lib.sample writes round r
-    run_lib.write_npz(os.path.join(shard_dir, f'samples_{r}_0.npz'),
+    io_utils.write_npz(os.path.join(shard_dir, f'samples_{r}_0.npz'),
                       samples=np.clip(samples * 255., 0, 255).astype(np.uint8), samples_float=samples)
 
   write_s = [common.seconds(write, r) for r in range(args.io_repeats + 1)][1:]
@@ -218,10 +218,10 @@ def _bookkeeping(args: argparse.Namespace, samples: np.ndarray, scratch: str) ->
   for r in range(args.num_files):  # the scan reads names only; empty shards list as fast as full ones
     open(os.path.join(scan_dir, f'samples_{r}_0.npz'), 'wb').close()
   open(os.path.join(scan_dir, 'run.json'), 'wb').close()
-  run_lib._finished_rounds(scan_dir)
-  scan_s = [common.seconds(run_lib._finished_rounds, scan_dir) for _ in range(args.io_repeats)]
-  if len(run_lib._finished_rounds(scan_dir)) != args.num_files:
-    raise RuntimeError(f'_finished_rounds found {len(run_lib._finished_rounds(scan_dir))} of {args.num_files} shards.')
+  shards.finished_rounds(scan_dir)
+  scan_s = [common.seconds(shards.finished_rounds, scan_dir) for _ in range(args.io_repeats)]
+  if len(shards.finished_rounds(scan_dir)) != args.num_files:
+    raise RuntimeError(f'shards.finished_rounds found {len(shards.finished_rounds(scan_dir))} of {args.num_files} shards.')
   return {'write_npz_ms': 1e3 * common.median(write_s), 'write_npz_ms_all': [1e3 * s for s in write_s],
           'shard_bytes': shard_bytes, 'finished_rounds_scan_ms': 1e3 * common.median(scan_s),
           'num_files': args.num_files, 'scratch_dir': scratch}

@@ -17,6 +17,9 @@ def add_pds_fields(sampling: ml_collections.ConfigDict) -> None:
   num_chunks: the time loop runs as this many jitted `lax.scan` chunks with a progress bar
     between them; the samples are bit-identical for every value.
   vanilla_speed_up: --mode compare runs vanilla with this k (None: speed_up, the same steps as PDS).
+  compare_num_steps: --mode compare also runs vanilla and PDS at each of these step counts
+    (sampling.num_steps = N, same seeds) for its metric-vs-NFE plot; () runs only the two above.
+    On the command line: --config.sampling.compare_num_steps="(10, 20, 50)".
   The fields of the other sampling methods are added by `add_sampler_fields`.
   """
   sampling.speed_up = 1.
@@ -26,6 +29,7 @@ def add_pds_fields(sampling: ml_collections.ConfigDict) -> None:
   sampling.pds_variant = 'official'
   sampling.num_chunks = 10
   sampling.vanilla_speed_up = config_dict.placeholder(float)
+  sampling.compare_num_steps = ()
   add_sampler_fields(sampling)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 import copy
 import functools
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp

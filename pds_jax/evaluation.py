@@ -215,10 +215,13 @@ def metric_value(metrics: Mapping, metric_name: str):
 
 
 def plot_metric_vs_steps(runs: Sequence[Tuple[str, Sequence[float], Sequence[Mapping]]], metric_name: str,
-                         path: str, log_x: bool = True, xlabel: str = 'sampling steps') -> None:
+                         path: str, log_x: bool = True, xlabel: str = 'sampling steps',
+                         reference_lines: Optional[Mapping[str, float]] = None, title: Optional[str] = None,
+                         log_y: bool = False) -> None:
   """One line per run (label, steps, one metrics dict per step) of `metric_name` against steps, as a PNG.
 
-  A {'mean', 'std'} entry (KID, IS) is drawn as mean ± std error bars. Written atomically with
+  A {'mean', 'std'} entry (KID, IS) is drawn as mean ± std error bars; `reference_lines` (label ->
+  value, e.g. the metric of real images) as dashed horizontal lines. Written atomically with
   matplotlib's Agg canvas (no display, no global pyplot state).
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
@@ -239,8 +242,20 @@ def plot_metric_vs_steps(runs: Sequence[Tuple[str, Sequence[float], Sequence[Map
       ax.errorbar(x, mean, yerr=std, marker='o', capsize=3, label=label)
     else:
       ax.plot(x, np.array([float(values[i]) for i in order]), marker='o', label=label)
+  for i, (label, value) in enumerate((reference_lines or {}).items()):
+    ax.axhline(float(value), color='0.4', linestyle=('--', ':', '-.')[i % 3], linewidth=1, label=label)
   if log_x:
     ax.set_xscale('log')
+    ticks = sorted({float(x) for _, steps, _ in runs for x in steps})
+    if len(ticks) <= 12:  # label the measured x values themselves, as plain numbers
+      from matplotlib.ticker import NullFormatter  # pylint: disable=import-outside-toplevel
+      ax.set_xticks(ticks, [f'{x:g}' for x in ticks])
+      ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.08)
+  if log_y:
+    ax.set_yscale('log')
+  if title:
+    ax.set_title(title, fontsize=9)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(metric_name)
   ax.grid(True, alpha=0.3)

@@ -1,7 +1,7 @@
 """Image figures of the modes: plain grids, titled columns and titled panels (uint8 RGB arrays)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -46,6 +46,7 @@ def titled_grid(columns: Sequence[Tuple[str, np.ndarray]], min_size: int = 96, p
       draw.rectangle((left - 1, top - 1, left + cell_w, top + cell_h), outline=(128, 128, 128))  # white masks too
   return np.asarray(canvas)
 
+
 def _font(size: int):
   from PIL import ImageFont
   return ImageFont.load_default(size=size)
@@ -77,3 +78,37 @@ def titled_panels(panels: Sequence[Tuple[str, np.ndarray]], title: Optional[str]
     canvas.paste(Image.fromarray(np.asarray(image, np.uint8)).resize((w, h), Image.NEAREST), (left, top + head_h))
     left += w + pad
   return np.asarray(canvas)
+
+
+# ----------------------------------------------------------------------------- captions (ASCII: the bundled font has no Greek)
+
+
+def pds_label(settings: Mapping) -> str:
+  """'PDS alpha <α> (<variant>)' or 'no PDS', from a run's settings (`SamplingRun.settings`)."""
+  return f'PDS alpha {settings["alpha"]:g} ({settings["pds_variant"]})' if settings['preconditioned'] else 'no PDS'
+
+
+def sample_caption(settings: Mapping, nfe: float, count: int) -> str:
+  """`--mode sample`'s grid.png title lines: method, steps, NFE, PDS, init, SDE, seed, how many shown."""
+  init = settings['init'] + (f' at sigma_T {settings["sigma_t"]:.3g}' if settings.get('sigma_t') is not None else '')
+  return (f'{settings["method"]} · {settings["num_steps"]} steps · NFE {nfe:g} · {pds_label(settings)}\n'
+          f'init {init} · {settings["sde"]} · seed {settings["seed"]} · {min(count, 64)} of {count} samples')
+
+
+def headline_metric(metrics: Mapping[str, float]) -> str:
+  """The name of a compare run's headline metric: SWD ×10³ for images, the Fréchet distance for the Gaussian reference."""
+  return 'swd_avg' if 'swd_avg' in metrics else 'frechet_distance'
+
+
+def metric_line(metrics: Mapping[str, float]) -> str:
+  """'<headline metric> <value>' for panel titles."""
+  name = headline_metric(metrics)
+  return f'{name} {metrics[name]:.4g}'
+
+
+def compare_panel_title(result: Dict) -> str:
+  """Three lines naming a compare run: sampler (and PDS α), steps / NFE / wall time, headline metric."""
+  s = result['settings']
+  head = f'PDS (alpha {s["alpha"]:g}, {s.get("pds_variant", "official")})' if s['preconditioned'] else 'vanilla'
+  return (f'{head}\n{s["num_steps"]} steps · NFE {result["nfe_per_sample"]:g} · '
+          f'{result["wall_seconds_incl_compile"]:.1f} s\n{metric_line(result["metrics"])}')

@@ -1,7 +1,10 @@
-"""Crash-safe file writing shared by checkpoints, masks and sampler outputs."""
+"""Crash-safe file writing shared by checkpoints, masks and the modes' outputs (JSON, npz, PNG)."""
+import json
 import os
 import tempfile
 from typing import BinaryIO, Callable
+
+import numpy as np
 
 
 def _fsync_folder(folder: str) -> None:
@@ -34,3 +37,31 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
       os.remove(tmp)
     raise
   _fsync_folder(folder)
+
+
+def write_json(path: str, obj) -> None:
+  """`obj` as indented, key-sorted JSON, written atomically."""
+  atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, sort_keys=True).encode()))
+
+
+def write_npz(path: str, **arrays) -> None:
+  """`np.savez_compressed(path, **arrays)`, written atomically."""
+  atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+  """A uint8 (H, W, 3) or (H, W) array as a PNG, written atomically."""
+  from PIL import Image
+  atomic_write(path, lambda f: Image.fromarray(image).save(f, format='PNG'))
+
+
+def output_folder(workdir: str, name: str) -> str:
+  """workdir/<name>, created if needed; a ValueError naming the folder when it cannot be created or written."""
+  folder = os.path.join(workdir, name)
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'cannot create the output folder {folder}: {e}') from e
+  if not os.access(folder, os.W_OK):
+    raise ValueError(f'the output folder {folder} is not writable.')
+  return folder

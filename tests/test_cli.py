@@ -57,8 +57,29 @@ def test_compare_prints_both_errors(tmp_path):
   assert 'vanilla  steps=   10' in proc.stdout and 'pds      steps=   10' in proc.stdout
   report = json.loads((tmp_path / 'compare' / 'report.json').read_text())
   assert report['pds']['settings']['preconditioned'] and not report['vanilla']['settings']['preconditioned']
-  # three titled panels (vanilla, PDS, data), each at least 360 px wide
+  # three titled panels (vanilla, PDS, data), each at least 360 px wide, and the metric against NFE
   assert Image.open(tmp_path / 'compare' / 'vanilla_vs_pds.png').size[0] >= 3 * 360
+  assert Image.open(tmp_path / 'compare' / 'metric_vs_nfe.png').size[0] >= 400
+
+
+def test_compare_sweeps_compare_num_steps_from_the_same_seeds_as_sample(tmp_path):
+  _main(*TINY_GAUSSIAN, '--mode=compare', f'--workdir={tmp_path}', '--speed_up=200',
+        '--config.sampling.compare_num_steps=(2, 4)')
+  report = json.loads((tmp_path / 'compare' / 'report.json').read_text())
+  assert set(report) == {'vanilla', 'pds', 'vanilla_2', 'pds_2', 'vanilla_4', 'pds_4', 'noise_floor'}
+  for n in (2, 4):
+    assert report[f'vanilla_{n}']['settings']['num_steps'] == n and report[f'vanilla_{n}']['nfe_per_sample'] == 2 * n
+    assert report[f'pds_{n}']['settings']['preconditioned'] and report[f'pds_{n}']['settings']['alpha'] == 5
+  # the sweep's vanilla run at N = 4 is `--mode sample` at num_steps 4: the same keys give the same samples
+  _main(*TINY_GAUSSIAN, '--mode=sample', f'--workdir={tmp_path}', '--config.sampling.num_steps=4',
+        '--config.eval.num_samples=8')
+  with np.load(tmp_path / 'compare' / 'samples_vanilla_4.npz') as a, np.load(tmp_path / 'eval' / 'samples_0_0.npz') as b:
+    np.testing.assert_array_equal(a['samples_float'], b['samples_float'])
+  assert Image.open(tmp_path / 'compare' / 'metric_vs_nfe.png').size[0] >= 400
+  proc = _main(*TINY_GAUSSIAN, '--mode=compare', f'--workdir={tmp_path / "bad"}',
+               '--config.sampling.compare_num_steps=(0, 4)', check=False)
+  assert proc.returncode == 2 and 'compare_num_steps = (0, 4): step counts must be integers >= 1' in proc.stderr
+  assert not (tmp_path / 'bad').exists()
 
 
 @pytest.mark.parametrize('args,message', [

@@ -163,3 +163,32 @@ def test_bad_calls_and_non_finite_samples_are_reported():
 
   with pytest.raises(NonFiniteSampleError, match='pc_conditional: samples became non-finite.*at step 3 of 5 \(t = 0.253\)'):
     inpainter(jax.random.PRNGKey(0), broken, y, SCATTERED)
+
+
+def test_conditional_errors_stream_the_exact_ratio():
+  """The originals are exact draws of their own conditional: streamed over two batches, ratio ≈ 1 and equal
+  to the one-shot value; the known pixels' error and the unknown MSE are those of the arrays."""
+  x = np.asarray(REF.sample(jax.random.PRNGKey(3), 64))
+  mask = np.repeat(SCATTERED[..., None], 3, axis=-1)
+  errors = cg.ConditionalErrors('inpaint', REF)
+  noisy = x + 0.1 * (1. - mask)  # the unknown pixels off by 0.1, the known ones exact
+  for half in (slice(0, 32), slice(32, 64)):
+    errors.add(x[half], x[half], mask, nfe=40)
+  summary = errors.summary()
+  conditional = REF.condition_on_pixels(x, mask)
+  assert summary['num_images'] == 64 and summary['nfe_per_sample'] == 40
+  assert summary['known_max_abs_error'] == 0. and summary['unknown_mse_vs_original'] == 0.
+  ratio = summary['exact_conditional']['error_ratio']
+  np.testing.assert_allclose(ratio, conditional.error_ratio(x), rtol=1e-6)
+  assert 0.85 <= ratio <= 1.15, ratio
+  np.testing.assert_allclose(summary['exact_conditional']['ignore_observation_ratio'], conditional.ignore_ratio(),
+                             rtol=1e-6)
+  shifted = cg.ConditionalErrors('inpaint')
+  shifted.add(noisy, x, mask, nfe=10.5)
+  result = shifted.summary()
+  np.testing.assert_allclose(result['unknown_mse_vs_original'], 0.01, rtol=1e-5)
+  assert result['known_max_abs_error'] == 0. and result['nfe_per_sample'] == 10.5 and 'exact_conditional' not in result
+  with pytest.raises(ValueError, match="mode 'sample'"):
+    cg.ConditionalErrors('sample')
+  with pytest.raises(ValueError, match='no samples were added'):
+    cg.ConditionalErrors('colorize').summary()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pds_jax import dpm_solver, edm, gaussian, init_aware, ode, sampling, sde_lib
+from pds_jax import dpm_solver, edm, gaussian, ode, sampling, sde_lib
 from pds_jax.driver import NonFiniteSampleError, Sampler
 from pds_jax.init_aware import inits, store
 from pds_jax.preconditioning import Preconditioner

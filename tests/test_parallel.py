@@ -162,8 +162,8 @@ def test_bad_multi_host_flags_and_device_divisibility(tmp_path):
 
 def test_a_full_disk_leaves_no_half_written_shard(tmp_path, monkeypatch):
   import errno
-  import run_lib
-  run_lib.write_npz(str(tmp_path / 'samples_0_0.npz'), samples=np.zeros((2, 2), np.uint8))
+  from pds_jax import io_utils, shards
+  io_utils.write_npz(str(tmp_path / 'samples_0_0.npz'), samples=np.zeros((2, 2), np.uint8))
   before = (tmp_path / 'samples_0_0.npz').read_bytes()
 
   def savez_until_full(f, **arrays):
@@ -173,10 +173,10 @@ def test_a_full_disk_leaves_no_half_written_shard(tmp_path, monkeypatch):
   monkeypatch.setattr(np, 'savez_compressed', savez_until_full)
   for name in ('samples_0_0.npz', 'samples_1_0.npz'):
     with pytest.raises(OSError, match='No space left'):
-      run_lib.write_npz(str(tmp_path / name), samples=np.ones((2, 2), np.uint8))
+      io_utils.write_npz(str(tmp_path / name), samples=np.ones((2, 2), np.uint8))
   assert sorted(os.listdir(tmp_path)) == ['samples_0_0.npz']  # no temp file, no half shard
   assert (tmp_path / 'samples_0_0.npz').read_bytes() == before
-  assert run_lib._finished_rounds(str(tmp_path)) == {0: str(tmp_path / 'samples_0_0.npz')}
+  assert shards.finished_rounds(str(tmp_path)) == {0: str(tmp_path / 'samples_0_0.npz')}
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
