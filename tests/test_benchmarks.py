@@ -36,4 +36,4 @@ def test_sampler_leaderboard_quick_setting_writes_results(target, tmp_path):
   assert '|' in proc.stdout
   if target == 'gaussian64_vp':  # every row ran, and the reach table covers each
     assert set(result['results']) == set(result['summary']['kl_per_dim']) - {'target', 'reference_value',
-                                                                              'reference_nfe'}
+                                                                              'reference_nfe', 'floor'}
