@@ -80,7 +80,8 @@ def titled_panels(panels: Sequence[Tuple[str, np.ndarray]], title: Optional[str]
   return np.asarray(canvas)
 
 
-# ----------------------------------------------------------------------------- captions (ASCII: the bundled font has no Greek)
+# ----------------------------------------------------------------------------- captions
+# (ASCII: the bundled font has no Greek)
 
 
 def pds_label(settings: Mapping) -> str:
@@ -96,7 +97,8 @@ def sample_caption(settings: Mapping, nfe: float, count: int) -> str:
 
 
 def headline_metric(metrics: Mapping[str, float]) -> str:
-  """The name of a compare run's headline metric: SWD ×10³ for images, the Fréchet distance for the Gaussian reference."""
+  """The name of a compare run's headline metric: SWD ×10³ for images, the Fréchet distance for the Gaussian
+  reference."""
   return 'swd_avg' if 'swd_avg' in metrics else 'frechet_distance'
 
 

@@ -72,7 +72,8 @@ class EvalImages:
       self.source = datasets.FolderSource(files, config.data.image_size, input_dir)
       self.name = os.path.abspath(input_dir)
     elif self.gaussian:
-      self.source, self.name = None, f'{GAUSSIAN_REFERENCE} exact draws (seed {config.seed} + {GAUSSIAN_EVAL_SEED_OFFSET})'
+      self.source = None
+      self.name = f'{GAUSSIAN_REFERENCE} exact draws (seed {config.seed} + {GAUSSIAN_EVAL_SEED_OFFSET})'
     else:
       train, evaluation_split = datasets.get_sources(config)
       self.source = {'train': train, 'eval': evaluation_split}[split]

@@ -17,7 +17,8 @@ import numpy as np
 
 from pds_jax import datasets, parallel as parallel_lib, preconditioning, sampling, sde_lib
 from pds_jax.preconditioning import Preconditioner
-from pds_jax.references import gaussian_reference, image_shape, in_model_range, is_gaussian_reference, GAUSSIAN_REFERENCE
+from pds_jax.references import (GAUSSIAN_REFERENCE, gaussian_reference, image_shape, in_model_range,
+                                is_gaussian_reference)
 
 
 def validate_eval_batch(config) -> None:
@@ -104,7 +105,9 @@ class SamplingRun:
 
   @classmethod
   def build(cls, config, workdir: Optional[str], score: Optional[Tuple[Callable, Dict]] = None) -> 'SamplingRun':
-    """Validates config.sampling / config.eval, builds the SDE and the score function; shape = (eval.batch_size, H, W, C).
+    """Validates config.sampling / config.eval, builds the SDE and the score function.
+
+    The run's shape is (eval.batch_size, H, W, C).
 
     score: (score_fn, model info) of an earlier run of the same model and SDE, to skip restoring it again.
     """
