@@ -18,7 +18,7 @@ flags.DEFINE_string('eval_folder', None, 'Output folder inside workdir (default:
                     'stats, fid_stats, likelihood, inpaint, colorize).')
 flags.DEFINE_float('speed_up', 1., 'PDS speed-up k: sample with int(num_scales / k) steps.')
 flags.DEFINE_float('alpha', 5., 'PDS mask strength alpha >= 1 (larger = closer to the vanilla sampler); '
-                   'without this flag the config decides (default: alpha(N) = max(5, N / 5)).')
+                   'without this flag the config decides (default: alpha(N) = max(5, N / 5, 500 / N^2)).')
 flags.DEFINE_string('freq_mask_path', None, 'Official PDS frequency statistic (.npy, shape (C, H, W)).')
 flags.DEFINE_string('space_mask_path', None, 'Official PDS space statistic (.npy, shape (C, H, W)).')
 flags.DEFINE_list('sample_dirs', None, '--mode eval: sample folders to score (default: workdir/eval).')

@@ -2,7 +2,7 @@
 
 Samplers (`pds_jax.controllable_generation`, all from the same per-sample keys): reverse_diffusion +
 langevin (snr 0.16), N = num_scales / k steps and eps · k (PDS's speed_up k); 'pds' adds the PDS
-preconditioner with α(N) = max(5, N / 5) (`sampling.pds_alpha`); '#39' starts the known region at
+preconditioner with the α(N) default (`sampling.pds_alpha`); '#39' starts the known region at
 its time-T marginal (known_init = 'marginal') instead of the clean observation (score_sde).
 
 Exact Gaussian (configs/gaussian/natural_32: VE σ 0.01 → 25, 2000 scales, 32×32×3): metric = the

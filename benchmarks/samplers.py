@@ -17,6 +17,9 @@ One target per run (each writes results/samplers_<target>.json and .png):
       The study behind the α(N) default (`sampling.pds_alpha`): the exact 64² Gaussian (VE; VP for
       alpha_vp), PC with N = 10 … 200 steps, vanilla against official PDS at constant α
       (--alphas), the corrector-only and marginal-preserving variants (α 5) and the α(N) rule.
+  alpha_few
+      The same study below 10 steps (N = 3, 5, 7, 10; α = 5, 10, 20, 50), where α = 5 diverges
+      and the α(N) rule grows again (500 / N²).
 Rows (method[+pds]/init; every sampler from the same per-sample keys):
   pc            score_sde's reverse_diffusion + langevin (snr 0.16), N steps, eps kept
   pc+pds        the same with PDS (Gaussian: the frequency mask of 200 clipped data draws; shipped:
@@ -55,7 +58,8 @@ from pds_jax import datasets, gaussian, preconditioning, sampling, sde_lib
 from pds_jax.init_aware import inits, store
 
 GAUSSIAN_TARGETS = ('gaussian64_ve', 'gaussian64_vp', 'gaussian256_ve', 'gaussian256_vp')
-TARGETS = GAUSSIAN_TARGETS + ('shipped', 'resolution', 'alpha', 'alpha_vp')
+TARGETS = GAUSSIAN_TARGETS + ('shipped', 'resolution', 'alpha', 'alpha_vp', 'alpha_few')
+ALPHA_TARGETS = ('alpha', 'alpha_vp', 'alpha_few')
 TOLERANCE = 1.05
 # Rows: name -> (config.sampling fields, the grid argument that lists its sizes, PDS, init).
 ROWS = {
@@ -101,8 +105,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       'closed-form init is exact at any σ_T) and the principal-direction rule for the shipped model')
   p.add_argument('--pds_alpha', default='rule', help="PDS α: a number, or 'rule' (the α(N) default)")
   p.add_argument('--resolutions', default='64,256,1024')
-  p.add_argument('--alphas', default='2,3,5,10,30', help='constant α of the alpha target')
-  p.add_argument('--alpha_steps', default='10,20,33,66,100,200', help='N of the alpha target')
+  p.add_argument('--alphas', default=None, help='constant α of the alpha targets (default 2,3,5,10,30; alpha_few: '
+                 '5,10,20,50)')
+  p.add_argument('--alpha_steps', default=None, help='N of the alpha targets (default 10,20,33,66,100,200; alpha_few: '
+                 '3,5,7,10)')
   p.add_argument('--resolution_steps', default='20,66,200')
   p.add_argument('--reference_steps', type=int, default=REFERENCE_STEPS,
                  help='N of the vanilla PC run that sets the reach target of the Gaussian targets')
@@ -110,6 +116,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--out_dir', default=None)
   p.add_argument('--replot', action='store_true', help='redo the summary, plot and tables from the results JSON')
   args = p.parse_args(argv)
+  few = args.target == 'alpha_few'
+  args.alphas = args.alphas or ('5,10,20,50' if few else '2,3,5,10,30')
+  args.alpha_steps = args.alpha_steps or ('3,5,7,10' if few else '10,20,33,66,100,200')
   if args.quick:
     for name in ('euler_nodes', 'heun_nodes', 'ancestral_nodes', 'dpm_nodes', 'init_nodes', 'init_pc_steps'):
       setattr(args, name, '3,6')
@@ -247,7 +256,7 @@ def _fit_spectral_init(target: Target, folder: str, sigma_t_data: Optional[float
 def run(args) -> dict:
   if args.target == 'resolution':
     return run_resolution(args)
-  if args.target in ('alpha', 'alpha_vp'):
+  if args.target in ALPHA_TARGETS:
     return run_alpha(args)
   target = Target(args.target, args)
   floor = target.metrics(target.floor_images)
@@ -358,7 +367,7 @@ def _primary(payload: dict) -> str:
   return 'swd_avg' if payload['target'] == 'shipped' else 'kl_per_dim'
 
 
-PC_GRID_TARGETS = ('resolution', 'alpha', 'alpha_vp')  # PC runs over N, tabulated per variant
+PC_GRID_TARGETS = ('resolution',) + ALPHA_TARGETS  # PC runs over N, tabulated per variant
 
 
 def summarise(payload: dict) -> dict:
@@ -397,7 +406,8 @@ def plot(payload: dict, path) -> None:
         ax.plot([e['value'] for e in entries], [e['metrics'][metric] for e in entries], marker='o', ms=3,
                 ls='--' if 'vanilla' in name else '-', label=name)
       title = {'resolution': 'vanilla vs PDS by resolution', 'alpha': 'PDS strength α vs N (64², VE)',
-               'alpha_vp': 'PDS strength α vs N (64², VP)'}[payload['target']]
+               'alpha_vp': 'PDS strength α vs N (64², VP)',
+               'alpha_few': 'PDS strength α at few steps (64², VE)'}[payload['target']]
       ax.set(xscale='log', yscale='log', xlabel='PC steps N', ylabel=metric, title=f'{metric}: {title}')
       ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)

@@ -8,9 +8,9 @@ def add_pds_fields(sampling: ml_collections.ConfigDict) -> None:
 
   speed_up: k of PDS; the sampler runs N = int(model.num_scales / k) steps, eps scaled by k.
   alpha: mask strength α ≥ 1 (METHOD §2): M = α / (m̂ + α - 1); large α is the vanilla sampler.
-    None (the default): α(N) = max(5, N / 5) of the method's N steps (`sampling.pds_alpha`: the
-    official 5 where PDS pays, weaker preconditioning as N grows, so PDS does not lose to vanilla
-    at many steps); a number: that α at every N (the official PDS code: 5, as configs/pds/ set).
+    None (the default): α(N) = max(5, N / 5, 500 / N²) of the method's N steps (`sampling.pds_alpha`:
+    the official 5 where PDS pays, weaker preconditioning as N grows and below 10 steps, so PDS
+    does not lose to vanilla at many or very few steps); a number: that α at every N (the official PDS code: 5, as configs/pds/ set).
   freq_mask_path / space_mask_path: official `.npy` statistics of shape (C, H, W); None = identity.
   pds_variant: 'official' (M Mᵀ on the whole reverse drift) or 'marginal_preserving'
     (drift f - ½ g² (I + M Mᵀ) s, noise g M ξ: keeps every marginal p_t for a fixed M).

@@ -25,7 +25,7 @@ def test_benchmark_quick_setting_writes_results(name, tmp_path):
   assert '|' in proc.stdout  # the markdown table
 
 
-@pytest.mark.parametrize('target', ['gaussian64_vp', 'resolution', 'shipped'])
+@pytest.mark.parametrize('target', ['gaussian64_vp', 'resolution', 'shipped', 'alpha_few'])
 def test_sampler_leaderboard_quick_setting_writes_results(target, tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'benchmarks.samplers', f'--target={target}', '--quick',
                          f'--out_dir={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -69,7 +69,7 @@ def test_compare_sweeps_compare_num_steps_from_the_same_seeds_as_sample(tmp_path
   assert set(report) == {'vanilla', 'pds', 'vanilla_2', 'pds_2', 'vanilla_4', 'pds_4', 'noise_floor'}
   for n in (2, 4):
     assert report[f'vanilla_{n}']['settings']['num_steps'] == n and report[f'vanilla_{n}']['nfe_per_sample'] == 2 * n
-    assert report[f'pds_{n}']['settings']['preconditioned'] and report[f'pds_{n}']['settings']['alpha'] == 5
+    assert report[f'pds_{n}']['settings']['preconditioned'] and report[f'pds_{n}']['settings']['alpha'] == 500. / n ** 2  # α(N)
   # the sweep's vanilla run at N = 4 is `--mode sample` at num_steps 4: the same keys give the same samples
   _main(*TINY_GAUSSIAN, '--mode=sample', f'--workdir={tmp_path}', '--config.sampling.num_steps=4',
         '--config.eval.num_samples=8')

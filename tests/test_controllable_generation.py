@@ -24,7 +24,7 @@ SCATTERED = (np.random.default_rng(0).random((SIZE, SIZE)) < 0.5).astype(np.floa
 
 
 def _pds(reference, steps=STEPS):
-  """Official PDS frequency mask from 200 exact draws clipped to [0, 1], α(N) = max(5, N / 5)."""
+  """Official PDS frequency mask from 200 exact draws clipped to [0, 1], the α(N) default."""
   images = np.clip(np.asarray(reference.sample(jax.random.PRNGKey(5), 200)), 0., 1.)
   freq, _ = preconditioning.compute_statistics(images)
   return preconditioning.from_statistics(freq, None, sampling.pds_alpha(steps), shape=reference.shape)
