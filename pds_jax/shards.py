@@ -30,7 +30,10 @@ def shard_path(folder: str, round_index: int, host: int, prefix: str = 'samples'
 
 
 def finished_rounds(folder: str, prefix: str = 'samples') -> Dict[int, str]:
-  """Round index -> shard file `<prefix>_<round>_<host>.npz`, for the complete shards in `folder` (written atomically)."""
+  """Round index -> shard file `<prefix>_<round>_<host>.npz`, for the complete shards in `folder`.
+
+  Shards are written atomically, so a listed name is a complete file; temp files and other names are skipped.
+  """
   done, head = {}, prefix + '_'
   for name in os.listdir(folder):
     parts = name[len(head):-len('.npz')].split('_') if name.startswith(head) and name.endswith('.npz') else []

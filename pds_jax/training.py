@@ -38,7 +38,8 @@ def cycle(dataset, batch_size: int):
 
 
 def train_batches(iterator, scaler, n_jitted: int) -> np.ndarray:
-  """The next n_jitted batches of `iterator`, scaled, as (devices, n_jitted, B / devices, H, W, C) scaled images for one pmapped call."""
+  """The next n_jitted batches of `iterator`, scaled, as (devices, n_jitted, B / devices, H, W, C) for one pmapped
+  call."""
   images = np.stack([next(iterator)['image'] for _ in range(n_jitted)])
   n = jax.local_device_count()
   images = images.reshape((n_jitted, n, images.shape[1] // n) + images.shape[2:]).swapaxes(0, 1)
@@ -62,7 +63,7 @@ def unrolled(step_fn: Callable) -> Callable:
   return steps
 
 
-def reseeded(config, step: int):
+def reseeded(config: ml_collections.ConfigDict, step: int) -> ml_collections.ConfigDict:
   """A copy of `config` whose data seed depends on `step`, so a resumed run draws fresh batches."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.seed = int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0] % (2 ** 31))
@@ -89,6 +90,7 @@ class TrainLog:
       self.writer = None
 
   def write(self, step: int, **scalars) -> None:
+    """Appends one line {'step', 'time', **scalars} (and the scalars to TensorBoard)."""
     with open(self.path, 'a') as f:
       f.write(json.dumps({'step': step, 'time': time.time(), **scalars}) + '\n')
     if self.writer is not None:
