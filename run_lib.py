@@ -105,7 +105,7 @@ def _compare_runs(config) -> List[Dict]:
       config, speed_up=config.sampling.vanilla_speed_up)
   runs = [{'name': 'vanilla', 'config': vanilla, 'pds': False, 'panel': True},
           {'name': 'pds', 'config': config, 'pds': True, 'panel': True}]
-  steps = tuple(config.sampling.compare_num_steps or ())
+  steps = tuple(config.sampling.get('compare_num_steps') or ())  # absent from configs written for score_sde
   if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in steps):
     raise ValueError(f'config.sampling.compare_num_steps = {steps}: step counts must be integers >= 1.')
   for n in steps:
