@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -115,20 +115,25 @@ def _compare_runs(config) -> List[Dict]:
   return runs
 
 
+def _vanilla_and_pds(results: Dict[str, Dict], x: Callable[[Dict], float]) -> List[Tuple[str, List, List]]:
+  """The runs of a report grouped for `evaluation.plot_metric_vs_steps`: ('vanilla' | 'PDS', x of each run, metrics)."""
+  groups = {}
+  for result in results.values():
+    xs, metrics = groups.setdefault('PDS' if result['settings']['preconditioned'] else 'vanilla', ([], []))
+    xs.append(x(result))
+    metrics.append(result['metrics'])
+  return [(label, xs, metrics) for label, (xs, metrics) in groups.items()]
+
+
 def _plot_compare(results: Dict, floor: Dict[str, float], path: str, title: str) -> None:
   """metric_vs_nfe.png: the headline metric of every compare run against its NFE, vanilla and PDS, data's as a line."""
   from pds_jax import evaluation
-  groups = {'vanilla': ([], []), 'PDS': ([], [])}
-  for result in results.values():
-    nfe, metrics = groups['PDS' if result['settings']['preconditioned'] else 'vanilla']
-    nfe.append(result['nfe_per_sample'])
-    metrics.append(result['metrics'])
+  runs = _vanilla_and_pds(results, lambda r: r['nfe_per_sample'])
   name = headline_metric(floor)
-  values = [m[name] for _, metrics in groups.values() for m in metrics] + [floor[name]]
+  values = [m[name] for _, _, metrics in runs for m in metrics] + [floor[name]]
   log_y = min(values) > 0 and max(values) > 10 * min(values)  # spans an order of magnitude: log scale
-  evaluation.plot_metric_vs_steps([(label, nfe, metrics) for label, (nfe, metrics) in groups.items()], name, path,
-                                  xlabel='NFE per sample', reference_lines={'data (noise floor)': floor[name]},
-                                  title=title, log_y=log_y)
+  evaluation.plot_metric_vs_steps(runs, name, path, xlabel='NFE per sample',
+                                  reference_lines={'data (noise floor)': floor[name]}, title=title, log_y=log_y)
 
 
 def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'compare') -> Dict:
@@ -153,10 +158,9 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
   reference, held_out = None, None
   if not is_gaussian_reference(config):
     from pds_jax import evaluation
-    metric_config = ml_collections.ConfigDict(config.to_dict())
-    metric_config.eval.kid_subset_size = min(config.eval.kid_subset_size, config.eval.batch_size)
     images, held_out = reference_images(config, config.eval.num_reference, config.eval.batch_size)
-    reference = evaluation.image_features(images, metric_config, 'reference')
+    reference = evaluation.image_features(images, evaluation.with_kid_subset(config, config.eval.batch_size),
+                                          'reference')
   keys = sampling.sample_keys(config.seed, 0, config.eval.batch_size)
   results, grids = {}, []
   width = max(8, *(len(run['name']) for run in runs))
@@ -506,11 +510,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Op
   loaded = [shards.load_sample_folder(folder) for folder in sample_folders]  # every input checked first
   out = output_folder(workdir, eval_folder)
   num_reference = min(config.eval.num_reference, max(len(s) for s, _ in loaded))
-  metric_config = ml_collections.ConfigDict(config.to_dict())
-  sizes = [config.eval.kid_subset_size, num_reference, min(len(s) for s, _ in loaded)]
+  sizes = [num_reference, min(len(s) for s, _ in loaded)]
   if reference_stats is not None and reference_stats.pool_3 is not None:
     sizes.append(len(reference_stats.pool_3))  # KID-Inception's reference subsets come from the file's pool_3
-  metric_config.eval.kid_subset_size = min(sizes)
+  metric_config = evaluation.with_kid_subset(config, *sizes)
   reference = evaluation.image_features(reference_images(config, num_reference)[0], metric_config, 'reference',
                                         fid_stats=reference_stats)
   results = {}
@@ -526,13 +529,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Op
           + (f' fid={metrics["fid"]:.6g}' if 'fid' in metrics else ''))
   evaluation.write_metrics(os.path.join(out, 'metrics.json'), results)
   if len(results) > 1:
-    groups = {}
-    for r in results.values():
-      label = 'PDS' if r['settings']['preconditioned'] else 'vanilla'
-      groups.setdefault(label, ([], []))
-      groups[label][0].append(r['settings']['num_steps'])
-      groups[label][1].append(r['metrics'])
-    runs = [(label, steps, metrics) for label, (steps, metrics) in groups.items()]
+    runs = _vanilla_and_pds(results, lambda r: r['settings']['num_steps'])
     for name in ('swd.avg', 'fd_features', 'kid') + (('fid',) if config.eval.inception_path else ()):
       evaluation.plot_metric_vs_steps(runs, name, os.path.join(out, f'{name.replace(".", "_")}_vs_steps.png'))
   print(f'wrote {out}/metrics.json')

@@ -35,6 +35,7 @@ import io
 import json
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
+import ml_collections
 import numpy as np
 
 from pds_jax.io_utils import atomic_write
@@ -108,6 +109,13 @@ def _compute_features(x: np.ndarray, settings: MetricSettings) -> ImageFeatures:
   return ImageFeatures(shape=tuple(x.shape[1:]), count=len(x), seed=settings.metric_seed,
                        swd_descriptors=swd.swd_descriptors(x, settings.metric_seed),
                        statistics=features.multiscale_statistics(x), inception_pool=pool, inception_logits=logits)
+
+
+def with_kid_subset(config, *sizes: int):
+  """A copy of `config` whose eval.kid_subset_size is capped by `sizes` (KID's subsets cannot exceed either set)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.eval.kid_subset_size = min(config.eval.kid_subset_size, *sizes)
+  return config
 
 
 def image_features(images, config, name: str = 'images', fid_stats=None) -> ImageFeatures:

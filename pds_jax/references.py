@@ -11,7 +11,6 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from pds_jax import datasets, gaussian
@@ -128,7 +127,5 @@ def sample_metrics(config, samples: np.ndarray, reference) -> Dict[str, float]:
   if is_gaussian_reference(config):
     return exact_metrics(config, gaussian.MomentAccumulator().add(samples))
   from pds_jax import evaluation
-  metric_config = ml_collections.ConfigDict(config.to_dict())
-  metric_config.eval.kid_subset_size = min(config.eval.kid_subset_size, len(samples))
-  metrics = evaluation.evaluate_samples(samples, reference, metric_config)
+  metrics = evaluation.evaluate_samples(samples, reference, evaluation.with_kid_subset(config, len(samples)))
   return {'swd_avg': metrics['swd']['avg'], 'fd_features': metrics['fd_features'], 'kid': metrics['kid']['mean']}
