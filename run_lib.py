@@ -10,7 +10,7 @@ interrupted run never leaves a half-written output.
 """
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import os
 import time
@@ -21,19 +21,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pds_jax import datasets, gaussian, inpaint_masks, parallel as parallel_lib, sampling, sde_lib, shards, training
-from pds_jax.figures import (compare_panel_title, headline_metric, image_grid, metric_line, pds_label, sample_caption,
-                             titled_grid, titled_panels)
+from pds_jax import datasets, gaussian, sampling, sde_lib, shards, training
+from pds_jax.figures import compare_panel_title, headline_metric, image_grid, metric_line, sample_caption, titled_panels
 from pds_jax.io_utils import output_folder, write_json, write_npz, write_png
 from pds_jax.preconditioning import Preconditioner
-from pds_jax.references import (EvalImages, exact_metrics, gaussian_reference, image_shape, in_model_range,
-                                is_gaussian_reference, reference_images, sample_metrics)
-from pds_jax.sampling_run import (SamplingRun, compare_preconditioner, draw, get_score_fn, load_preconditioner,
-                                  validate_eval_batch, validate_sampling_config)
+from pds_jax.references import (exact_metrics, gaussian_reference, image_shape, is_gaussian_reference, reference_images,
+                                sample_metrics)
+from pds_jax.sampling_run import SamplingRun, compare_preconditioner, draw, load_preconditioner
 
 MODES = ('train', 'sample', 'compare', 'convert', 'stats', 'fid_stats', 'eval', 'fit_init', 'likelihood', 'inpaint',
          'colorize')
-DEQUANTIZATIONS = ('uniform', 'none')
 
 
 # ----------------------------------------------------------------------------- sample, compare
@@ -44,49 +41,38 @@ def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = '
 
   Round r holds samples r·B … r·B + B - 1, sample i drawn with the key fold_in(PRNGKey(seed), i);
   rounds go round-robin to the hosts, each writing workdir/<eval_folder>/samples_<r>_<host>.npz
-  atomically (uint8 `samples` as score_sde writes them, float32 `samples_float`). A restarted run
-  skips the rounds already on disk. Host 0 then writes grid.png and report.json, streaming over
-  the shards (memory independent of num_samples). Returns the report on host 0, else None.
+  atomically (uint8 `samples` as score_sde writes them, float32 `samples_float`; `shards.run_rounds`).
+  A restarted run skips the rounds already on disk. Host 0 then writes grid.png and report.json,
+  streaming over the shards (memory independent of num_samples), and prints the NFE per sample and
+  the wall time. Returns the report on host 0, else None.
   """
+  start = time.perf_counter()
   run = SamplingRun.build(config, workdir)
-  preconditioner = load_preconditioner(config)
-  folder = output_folder(workdir, eval_folder)
-  parallel = config.eval.parallel
-  sampler = run.sampler(preconditioner)
+  sampler = run.sampler(load_preconditioner(config))
   settings = run.settings(sampler)
-  shards.check_manifest(folder, {**settings, 'num_samples': config.eval.num_samples})
-  batch = config.eval.batch_size
-  num_rounds, host = shards.num_rounds(config.eval.num_samples, batch), jax.process_index()
-  todo = shards.pending_rounds(folder, num_rounds)
-  logging.info('host %d: %d of its rounds to sample (%d rounds of %d in the job)', host, len(todo), num_rounds, batch)
-  from tqdm.auto import tqdm
-  times = []
-  for r in tqdm(todo, desc=f'rounds (host {host})', unit='round'):
-    samples, nfe, seconds = draw(sampler, sampling.sample_keys(config.seed, r * batch, batch), run.score_fn, parallel)
-    write_npz(shards.shard_path(folder, r, host), samples=np.clip(samples * 255., 0, 255).astype(np.uint8),
-              samples_float=samples, nfe=np.float64(nfe))
-    times.append(seconds)
-  if host != 0:
+  folder = output_folder(workdir, eval_folder, create=False)
+  total, parallel = config.eval.num_samples, config.eval.parallel
+
+  def draw_round(r: shards.Round) -> Dict:
+    samples, nfe, _ = draw(sampler, r.keys, run.score_fn, parallel)
+    return {'samples': samples, 'nfe': np.float64(nfe)}
+
+  finished = shards.run_rounds(folder, {**settings, 'num_samples': total}, total, config.eval.batch_size, draw_round,
+                               seed=config.seed, wait_timeout=config.eval.wait_timeout)
+  if finished is None:
     return None
-  done = shards.wait_for_rounds(folder, num_rounds, config.eval.wait_timeout)
-  accumulator, preview, remaining, nfe_total = gaussian.MomentAccumulator(), [], config.eval.num_samples, 0.
-  for r in range(num_rounds):
-    with np.load(done[r]) as f:
-      samples = f['samples_float'][:remaining]
-      nfe_total += float(f['nfe']) * len(samples)  # the adaptive ODE's NFE differs per round
-    remaining -= len(samples)
-    accumulator.add(samples)
-    preview.append(samples[:max(0, 64 - sum(len(p) for p in preview))])
-  nfe_mean = shards.as_count(nfe_total / accumulator.count)
+  accumulator, preview, nfe = shards.sample_summary(finished.files, total)
   write_png(os.path.join(folder, 'grid.png'), titled_panels(
-      [(sample_caption(settings, nfe_mean, accumulator.count), image_grid(np.concatenate(preview)))], min_width=480))
+      [(sample_caption(settings, nfe, accumulator.count), image_grid(preview))], min_width=480))
   report = {'settings': {**settings, 'parallel': parallel, 'devices_per_host': jax.local_device_count(),
                          'hosts': jax.process_count()},
-            'num_samples': accumulator.count, 'num_rounds': num_rounds,
-            'nfe_per_sample': nfe_mean,
-            'wall_seconds_per_round_this_run_host0': times, 'first_round_includes_compile': bool(times),
-            'metrics': exact_metrics(config, accumulator)}
+            'num_samples': accumulator.count, 'num_rounds': len(finished.files), 'nfe_per_sample': nfe,
+            'wall_seconds_per_round_this_run_host0': finished.seconds,
+            'first_round_includes_compile': bool(finished.seconds), 'metrics': exact_metrics(config, accumulator)}
   write_json(os.path.join(folder, 'report.json'), report)
+  print(f'{accumulator.count} samples ({settings["method"]}, {settings["num_steps"]} steps): {nfe:g} NFE per sample, '
+        f'wall time {time.perf_counter() - start:.1f} s ({len(finished.seconds)} rounds run now)')
+  print(f'wrote {folder}/grid.png, report.json and {len(finished.files)} shards')
   return report
 
 
@@ -167,8 +153,7 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
   for run in runs:
     name = run['name']
     samples, nfe, seconds = draw(run['sampler'], keys, run['run'].score_fn)
-    write_npz(os.path.join(folder, f'samples_{name}.npz'), samples=np.clip(samples * 255., 0, 255).astype(np.uint8),
-              samples_float=samples)
+    shards.write_shard(os.path.join(folder, f'samples_{name}.npz'), samples)
     results[name] = {'settings': run['run'].settings(run['sampler']), 'nfe_per_sample': nfe,
                      'wall_seconds_incl_compile': seconds,
                      'metrics': sample_metrics(config, np.clip(samples, 0., 1.), reference)}
@@ -205,86 +190,21 @@ def likelihood(config: ml_collections.ConfigDict, workdir: str, eval_folder: str
   (repeated when num_samples exceeds it), or, for the Gaussian reference, exact draws of its data
   law. 8-bit images are uniformly dequantized (config.likelihood.dequantization). Image i uses the
   key fold_in(PRNGKey(seed), i), split into its Hutchinson noise and its dequantization noise.
-  Round r writes workdir/<eval_folder>/bpd_<r>_<host>.npz (per-image `bpd`, `image_index`, the
-  round's mean `nfe`; for the Gaussian reference also `bpd_exact`, the exact −log2 p(x)/D + offset
-  of the data law, and `bpd_exact_eps`, that of its marginal at eps, which the ODE integrates from).
-  Host 0 then writes report.json: `bpd` (mean), `bpd_std`, `bpd_sem`, `nfe`, the settings, and for
-  the Gaussian reference `bpd_exact` and the error of the mean.
+  Round r writes workdir/<eval_folder>/bpd_<r>_<host>.npz (`likelihood_run.LikelihoodRun.round`).
+  Host 0 then writes report.json: `bpd` (mean), `bpd_std`, `bpd_sem`, `nfe`, `bpd_per_image` (by
+  file name), the settings, and for the Gaussian reference `bpd_exact` and the error of the mean.
   """
-  from pds_jax import likelihood as likelihood_lib
-  validate_eval_batch(config)
-  lk = config.likelihood
-  dequantization = lk.dequantization or ('none' if is_gaussian_reference(config) else 'uniform')
-  if dequantization not in DEQUANTIZATIONS:
-    raise ValueError(f'config.likelihood.dequantization = {dequantization!r}; choose one of {DEQUANTIZATIONS}.')
-  if config.eval.bpd_dataset.lower() not in ('test', 'train'):
-    raise ValueError(f"config.eval.bpd_dataset = {config.eval.bpd_dataset!r}; choose 'test' (the eval split) or 'train'.")
-  split = 'eval' if config.eval.bpd_dataset.lower() == 'test' else 'train'
-  sde, _ = sde_lib.get_sde(config)
-  parallel = config.eval.parallel
-  fn = likelihood_lib.get_likelihood_fn(sde, datasets.get_data_inverse_scaler(config), lk.hutchinson_type, lk.rtol,
-                                        lk.atol, lk.method, lk.eps, lk.max_steps,
-                                        **parallel_lib.sampler_devices(parallel))
-  images = EvalImages(config, split)
-  score_fn, info = get_score_fn(config, workdir, sde)
-  folder = output_folder(workdir, eval_folder)
-  settings = {'mode': 'likelihood', 'sde': type(sde).__name__, 'hutchinson_type': lk.hutchinson_type,
-              'rtol': lk.rtol, 'atol': lk.atol, 'method': lk.method, 'eps': lk.eps, 'max_steps': lk.max_steps,
-              'dequantization': dequantization, 'offset': fn.offset, 'images': images.name, 'split': split,
-              'batch_size': config.eval.batch_size, 'seed': config.seed, **info}
-  shards.check_manifest(folder, {**settings, 'num_samples': config.eval.num_samples})
-  scaler = datasets.get_data_scaler(config)
-  exact = None
-  if is_gaussian_reference(config):
-    reference = gaussian_reference(config)
-    exact = (reference, in_model_range(config, reference))
-  batch, total = config.eval.batch_size, config.eval.num_samples
-  num_rounds, host = shards.num_rounds(total, batch), jax.process_index()
-  todo = shards.pending_rounds(folder, num_rounds, 'bpd')
-  from tqdm.auto import tqdm
-  bar, seen = tqdm(todo, desc=f'bits/dim (host {host})', unit='round'), []
-  for r in bar:
-    indices, real = shards.round_indices(r, batch, total)
-    x = images.read(indices)
-    hutchinson_keys, dequantization_keys = likelihood_lib.image_keys(sampling.sample_keys(config.seed, r * batch, batch))
-    if dequantization == 'uniform':
-      x = np.asarray(likelihood_lib.uniform_dequantize(jnp.asarray(x), dequantization_keys))
-    bpd, _, nfe = fn(parallel_lib.place_keys(hutchinson_keys, parallel), score_fn, scaler(x))
-    shard = {'bpd': np.asarray(bpd, np.float64)[:real], 'image_index': np.arange(r * batch, r * batch + real),
-             'nfe': np.float64(nfe)}
-    if exact is not None:
-      dim = np.log(2.) * np.prod(x.shape[1:])
-      shard['bpd_exact'] = (-exact[0].log_prob(x[:real]) / dim + likelihood_lib.BITS_OFFSET_8BIT)
-      shard['bpd_exact_eps'] = -exact[1].log_prob(scaler(x[:real]), sde, lk.eps) / dim + fn.offset
-    write_npz(shards.shard_path(folder, r, host, 'bpd'), **shard)
-    seen.extend(shard['bpd'])
-    bar.set_postfix(bpd=f'{np.mean(seen):.4f}', nfe=f'{nfe:g}')
-  if host != 0:
+  from pds_jax.likelihood_run import LikelihoodRun
+  job = LikelihoodRun(config, workdir)
+  folder = output_folder(workdir, eval_folder, create=False)
+  finished = shards.run_rounds(folder, {**job.settings, 'num_samples': job.total}, job.total, job.batch, job.round,
+                               seed=config.seed, prefix='bpd', what='images', wait_timeout=config.eval.wait_timeout,
+                               postfix=job.postfix)
+  if finished is None:
     return None
-  done = shards.wait_for_rounds(folder, num_rounds, config.eval.wait_timeout, 'bpd')
-  values = {k: [] for k in ('bpd', 'bpd_exact', 'bpd_exact_eps')}
-  nfe_total = 0.
-  for r in range(num_rounds):
-    with np.load(done[r]) as f:
-      for k in values:
-        if k in f:
-          values[k].append(f[k])
-      nfe_total += float(f['nfe']) * len(f['bpd'])
-  bpd = np.concatenate(values['bpd'])
-  report = {'settings': {**settings, 'parallel': parallel, 'devices_per_host': jax.local_device_count(),
-                         'hosts': jax.process_count()},
-            'num_images': len(bpd), 'bpd': float(bpd.mean()), 'bpd_std': float(bpd.std()),
-            'bpd_sem': float(bpd.std() / np.sqrt(len(bpd))), 'nfe': shards.as_count(nfe_total / len(bpd))}
-  if exact is not None:
-    bpd_exact, bpd_exact_eps = np.concatenate(values['bpd_exact']), np.concatenate(values['bpd_exact_eps'])
-    report.update(bpd_exact=float(bpd_exact.mean()), bpd_exact_eps=float(bpd_exact_eps.mean()),
-                  bpd_error=float(bpd.mean() - bpd_exact.mean()),
-                  bpd_error_rms_per_image=float(np.sqrt(np.mean((bpd - bpd_exact) ** 2))))
+  report = job.report(finished.files)
   write_json(os.path.join(folder, 'report.json'), report)
-  line = f'bits/dim {report["bpd"]:.4f} ± {report["bpd_sem"]:.4f} over {len(bpd)} images, {report["nfe"]:.4g} NFE'
-  if exact is not None:
-    line += f'; exact {report["bpd_exact"]:.4f} (error of the mean {report["bpd_error"]:+.4f})'
-  print(line)
+  print(job.summary_line(report))
   print(f'wrote {folder}/report.json')
   return report
 
@@ -292,111 +212,17 @@ def likelihood(config: ml_collections.ConfigDict, workdir: str, eval_folder: str
 def _controllable(config, workdir: str, mode: str, input_dir: Optional[str], mask_path: Optional[str],
                   eval_folder: str) -> Optional[Dict]:
   """inpaint / colorize: see `inpaint`."""
-  from pds_jax import controllable_generation as cg
-  validate_sampling_config(config)
-  s = config.sampling
-  if s.method.lower() != 'pc':
-    raise ValueError(f"--mode {mode} runs score_sde's PC sampler; config.sampling.method = {s.method!r} "
-                     "(set --config.sampling.method=pc).")
-  shape = image_shape(config)
-  if s.num_steps is not None:
-    raise ValueError(f'--mode {mode} sets its steps with --speed_up k (N = num_scales / k, as PDS does); '
-                     f'config.sampling.num_steps = {s.num_steps} would be ignored: unset it.')
-  known_init = (config.inpaint if mode == 'inpaint' else config.colorize).known_init
-  if mode == 'inpaint':
-    mask = (inpaint_masks.load_mask(mask_path, shape) if mask_path else
-            inpaint_masks.builtin_mask(config.inpaint.mask, shape, config.inpaint.mask_seed))
-    if mask.min() == 1:
-      raise ValueError(f'the mask ({mask_path or config.inpaint.mask}) marks every pixel known: nothing to inpaint.')
-    mask_name = mask_path or config.inpaint.mask
-  else:
-    if mask_path:
-      raise ValueError('--mode colorize observes the gray level of every pixel; it takes no --mask_path.')
-    if shape[2] != 3:
-      raise ValueError(f'--mode colorize needs RGB images; config.data.num_channels = {shape[2]}.')
-    mask = np.broadcast_to(np.array([1., 0., 0.], np.float32), shape)  # the gray channel of the colour basis
-    mask_name = 'gray channel'
-  images = EvalImages(config, 'eval', input_dir)
-  total = config.eval.num_samples if images.count is None else min(config.eval.num_samples, images.count)
-  devices = jax.local_device_count()
-  batch = min(config.eval.batch_size, -(-total // devices) * devices)
-  preconditioner = load_preconditioner(config)
-  sde, eps = sde_lib.get_sde(config)
-  make = cg.get_pc_inpainter if mode == 'inpaint' else cg.get_pc_colorizer
-  conditional = make(sde, s.predictor.lower(), s.corrector.lower(), datasets.get_data_inverse_scaler(config), s.snr,
-                     s.n_steps_each, s.probability_flow, config.training.continuous, s.noise_removal, eps,
-                     preconditioner=preconditioner, pds_variant=s.pds_variant, speed_up=s.speed_up,
-                     known_init=known_init, **parallel_lib.sampler_devices(config.eval.parallel))
-  score_fn, info = get_score_fn(config, workdir, sde)
-  folder = output_folder(workdir, eval_folder)
-  settings = {'mode': mode, 'sde': type(sde).__name__, 'predictor': s.predictor, 'corrector': s.corrector,
-              'snr': s.snr, 'n_steps_each': s.n_steps_each, 'num_steps': conditional.solver.num_steps,
-              'eps': conditional.solver.eps, 'speed_up': s.speed_up, 'denoise': s.noise_removal,
-              'pds_variant': s.pds_variant, 'preconditioned': not preconditioner.is_identity,
-              'alpha': sampling.resolve_alpha(config), 'freq_mask_path': s.freq_mask_path,
-              'space_mask_path': s.space_mask_path, 'known_init': known_init, 'mask': mask_name,
-              'mask_sha1': hashlib.sha1(np.ascontiguousarray(mask)).hexdigest(), 'known_fraction': float(mask.mean()),
-              'images': images.name, 'batch_size': batch, 'seed': config.seed, **info}
-  shards.check_manifest(folder, {**settings, 'num_samples': total})
-  scaler, parallel = datasets.get_data_scaler(config), config.eval.parallel
-  num_rounds, host = shards.num_rounds(total, batch), jax.process_index()
-  todo = shards.pending_rounds(folder, num_rounds)
-  from tqdm.auto import tqdm
-  for r in tqdm(todo, desc=f'{mode} rounds (host {host})', unit='round'):
-    indices, real = shards.round_indices(r, batch, total)
-    x = images.read(indices)
-    keys = parallel_lib.place_keys(sampling.sample_keys(config.seed, r * batch, batch), parallel)
-    if mode == 'inpaint':
-      out, nfe = conditional(keys, score_fn, scaler(x), mask, num_chunks=s.num_chunks, progress=True)
-      extra = {'mask': mask}
-    else:
-      gray = np.asarray(cg.to_grayscale(x))
-      out, nfe = conditional(keys, score_fn, scaler(gray), num_chunks=s.num_chunks, progress=True)
-      extra = {'gray': gray[:real], 'mask': mask}
-    out = np.asarray(out, np.float32)[:real]
-    write_npz(shards.shard_path(folder, r, host), samples=np.clip(out * 255., 0, 255).astype(np.uint8),
-              samples_float=out, observed=x[:real], nfe=np.float64(nfe), **extra)
-  if host != 0:
+  from pds_jax.controllable_run import ControllableRun
+  job = ControllableRun(config, workdir, mode, input_dir, mask_path)
+  folder = output_folder(workdir, eval_folder, create=False)
+  finished = shards.run_rounds(folder, {**job.settings, 'num_samples': job.total}, job.total, job.batch, job.round,
+                               seed=config.seed, what='images', wait_timeout=config.eval.wait_timeout)
+  if finished is None:
     return None
-  done = shards.wait_for_rounds(folder, num_rounds, config.eval.wait_timeout)
-  return _controllable_report(config, mode, folder, [done[r] for r in range(num_rounds)], settings,
-                              exact=images.gaussian)
-
-
-def _controllable_report(config, mode: str, folder: str, files: List[str], settings: Dict, exact: bool) -> Dict:
-  """report.json and grid.png of an inpaint / colorize folder, streaming over its round files; `exact`: the
-  images are exact draws of the Gaussian reference, so the exact conditional error is reported."""
-  from pds_jax import controllable_generation as cg
-  errors = cg.ConditionalErrors(mode, gaussian_reference(config) if exact else None)
-  preview = []
-  for path in files:
-    with np.load(path) as f:
-      out, x, mask = f['samples_float'], f['observed'], f['mask']
-      errors.add(out, x, mask, float(f['nfe']))
-    k = 8 - sum(len(p[0]) for p in preview)
-    if k > 0:
-      observed_view = np.asarray(cg.to_grayscale(x)) if mode == 'colorize' else x
-      preview.append((out[:k], x[:k], observed_view[:k], np.broadcast_to(mask, out.shape)[:k]))
-  out, x, observed_view, mask = (np.concatenate(p) for p in zip(*preview))
-  if mode == 'inpaint':
-    columns = [('input', x * mask + 0.5 * (1. - mask)), ('mask', mask), ('result', out), ('original', x)]
-  else:
-    columns = [('grayscale', observed_view), ('result', out), ('original', x)]
-  summary = errors.summary()
-  count = summary['num_images']
-  caption = (f'{mode} · {settings["num_steps"]} steps · NFE {summary["nfe_per_sample"]:g} · {pds_label(settings)}\n'
-             f'known region at T: {settings["known_init"]} · mask: {settings["mask"]} · {len(out)} of {count} images')
-  write_png(os.path.join(folder, 'grid.png'), titled_panels([(caption, titled_grid(columns))]))
-  report = {'settings': {**settings, 'parallel': config.eval.parallel, 'devices_per_host': jax.local_device_count(),
-                         'hosts': jax.process_count()}, **summary}
+  report, grid = job.report(finished.files)
+  write_png(os.path.join(folder, 'grid.png'), grid)
   write_json(os.path.join(folder, 'report.json'), report)
-  line = (f'{mode}: {count} images, {summary["nfe_per_sample"]} NFE, known pixels max |error| '
-          f'{summary["known_max_abs_error"]:.2g}')
-  if exact:
-    ratios = summary['exact_conditional']
-    line += (f', exact conditional error ratio {ratios["error_ratio"]:.4f} (1 = exact; '
-             f'ignoring the observation: {ratios["ignore_observation_ratio"]:.3f})')
-  print(line)
+  print(job.summary_line(report))
   print(f'wrote {folder}/grid.png and report.json')
   return report
 
@@ -433,8 +259,14 @@ def colorize(config: ml_collections.ConfigDict, workdir: str, input_dir: Optiona
 # ----------------------------------------------------------------------------- the other modes
 
 
-def convert(config: ml_collections.ConfigDict, workdir: str, pytorch_checkpoint: Optional[str]) -> str:
-  """Converts a score_sde_pytorch `.pth` into workdir/checkpoints/checkpoint_<N> (legacy Flax layout)."""
+def convert(config: ml_collections.ConfigDict, workdir: str, pytorch_checkpoint: Optional[str],
+            overrides: Optional[Dict] = None) -> str:
+  """Converts a score_sde_pytorch `.pth` into workdir/checkpoints/checkpoint_<N> (legacy Flax layout).
+
+  overrides: the command line's --config.<field> values; their model.* and data.* entries are stored
+  beside the checkpoint (checkpoints/config_overrides.json), and main.py applies them to every later
+  command on this workdir (`checkpoints.apply_config_overrides`), so those need none.
+  """
   if not pytorch_checkpoint:
     raise ValueError('--mode convert needs --pytorch_checkpoint=<file.pth>.')
   if not os.path.isfile(pytorch_checkpoint):
@@ -442,6 +274,11 @@ def convert(config: ml_collections.ConfigDict, workdir: str, pytorch_checkpoint:
   from pds_jax import checkpoints
   path = checkpoints.write_converted_checkpoint(pytorch_checkpoint, config, workdir)
   print(f'wrote {path}')
+  stored = checkpoints.write_config_overrides(workdir, overrides or {})
+  if stored:
+    print(f'wrote {stored}: later commands with --workdir={workdir} apply its '
+          + ' '.join(f'--config.{k}={v}' for k, v in sorted(overrides.items()) if k.split('.')[0] in
+                     checkpoints.STORED_OVERRIDE_GROUPS) + ' themselves')
   return path
 
 
@@ -486,14 +323,56 @@ def fid_stats(config: ml_collections.ConfigDict, workdir: str, eval_folder: str 
   return {'path': path, 'num_images': result.num_images}
 
 
+def _eval_runs(paths: Sequence[str]) -> List[Tuple[str, np.ndarray, Dict]]:
+  """(name, uint8 samples (N, H, W, C), {'settings', 'nfe_per_sample'}) of every run in `paths`: a
+  --mode sample folder, a --mode compare folder (each of its samples_<run>.npz) or one such file.
+  Every path is checked before anything is computed; ValueError naming the path."""
+  runs = []
+  for path in paths:
+    compare_file = os.path.isfile(path) and os.path.basename(path).startswith('samples_') and path.endswith('.npz')
+    folder = os.path.dirname(path) if compare_file else path
+    report_path = os.path.join(folder, 'report.json')
+    report = None
+    if os.path.isfile(report_path):
+      with open(report_path) as f:
+        report = json.load(f)
+    if not compare_file and (report is None or 'settings' in report):  # a --mode sample folder
+      samples, report = shards.load_sample_folder(folder)
+      runs.append((folder, samples, report))
+      continue
+    names = ([os.path.basename(path)[len('samples_'):-len('.npz')]] if compare_file else
+             [n for n in report if isinstance(report[n], dict) and 'settings' in report[n]])
+    if report is None or not names or any(n not in report for n in names):
+      raise ValueError(f'{path}: not a --mode compare output (its report.json has no run {names[0] if names else ""!r}); '
+                       'pass folders written by --mode sample or compare, or their samples_<run>.npz.')
+    for name in names:
+      npz = os.path.join(folder, f'samples_{name}.npz')
+      if not os.path.isfile(npz):
+        raise ValueError(f'{npz}: missing (report.json of --mode compare names the run {name!r}).')
+      with np.load(npz) as f:
+        runs.append((npz, f['samples'], report[name]))
+  return runs
+
+
+def _run_label(settings: Dict) -> str:
+  """'<method> · init <init> · PDS | no PDS': the line of a run in eval's metric-vs-NFE plots."""
+  return (f'{settings["method"]} · init {settings.get("init", "prior")} · '
+          f'{"PDS" if settings["preconditioned"] else "no PDS"}')
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Optional[Sequence[str]] = None,
              eval_folder: str = 'eval') -> Dict:
   """Metrics of sampled images against the data (`pds_jax.evaluation`): SWD, KID / FD on fixed
   features, FID / KID / IS with Inception weights, and the exact metrics for the Gaussian reference.
 
-  sample_folders: folders written by --mode sample (default: workdir/<eval_folder>). Writes
-  workdir/<eval_folder>/metrics.json and, for several folders, one metric-vs-steps PNG per metric
-  with a line for the vanilla runs and one for the PDS runs.
+  sample_folders: folders written by --mode sample or --mode compare (each of compare's
+  samples_<run>.npz is a run), or single samples_<run>.npz files (default: workdir/<eval_folder>).
+  The reference is compare's: the first eval.num_reference images of one seeded permutation of
+  eval.reference_split (for the shipped model the 2000 patches), whatever the number of samples; the
+  noise floor is the same metrics of as many other real images as the largest run has samples.
+  Writes workdir/<eval_folder>/metrics.json (per run: settings, NFE, metrics; num_reference,
+  reference_split and noise_floor) and one <metric>_vs_nfe.png per metric: every run a labelled
+  point at its NFE per sample, runs of one method, init and PDS joined into a line, the floor dashed.
   With eval.fid_stats_path (a `<dataset>_stats.npz` of --mode fid_stats or score_sde) the reference's
   Inception statistics come from that file; the reference images still give SWD and the feature metrics.
   """
@@ -506,33 +385,66 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Op
                        'statistics for FID, which also needs the samples\' Inception features: set '
                        'config.eval.inception_path too.')
     reference_stats = fid_stats_lib.load_fid_stats(config.eval.fid_stats_path)
-  sample_folders = list(sample_folders or [os.path.join(workdir, eval_folder)])
-  loaded = [shards.load_sample_folder(folder) for folder in sample_folders]  # every input checked first
+  if config.eval.num_reference < 1:
+    raise ValueError(f'config.eval.num_reference = {config.eval.num_reference} must be >= 1.')
+  runs = _eval_runs(list(sample_folders or [os.path.join(workdir, eval_folder)]))  # every input checked first
   out = output_folder(workdir, eval_folder)
-  num_reference = min(config.eval.num_reference, max(len(s) for s, _ in loaded))
-  sizes = [num_reference, min(len(s) for s, _ in loaded)]
+  num_floor = max(len(samples) for _, samples, _ in runs)
+  reference_x, held_out = reference_images(config, config.eval.num_reference, num_floor)
+  num_reference = len(reference_x)
+  sizes = [num_reference, num_floor, min(len(samples) for _, samples, _ in runs)]
   if reference_stats is not None and reference_stats.pool_3 is not None:
     sizes.append(len(reference_stats.pool_3))  # KID-Inception's reference subsets come from the file's pool_3
   metric_config = evaluation.with_kid_subset(config, *sizes)
-  reference = evaluation.image_features(reference_images(config, num_reference)[0], metric_config, 'reference',
-                                        fid_stats=reference_stats)
+  reference = evaluation.image_features(reference_x, metric_config, 'reference', fid_stats=reference_stats)
+  split = 'exact draws of the Gaussian reference' if is_gaussian_reference(config) else \
+      f'the {config.eval.reference_split} split'
+  print(f'reference: {num_reference} images of {split} (eval.num_reference {config.eval.num_reference}; '
+        'the same reference as --mode compare)')
+
+  def line(metrics):
+    return (f'swd={metrics["swd"]["avg"]:.4g} fd_features={metrics["fd_features"]:.4g} '
+            f'kid={metrics["kid"]["mean"]:.4g}' + (f' fid={metrics["fid"]:.6g}' if 'fid' in metrics else ''))
+
+  floor = evaluation.evaluate_samples(held_out, reference, metric_config)
+  if is_gaussian_reference(config):
+    floor['exact_gaussian'] = exact_metrics(config, gaussian.MomentAccumulator().add(held_out))
+  print(f'noise floor ({len(held_out)} real images not in the reference): {line(floor)}')
   results = {}
-  for folder, (samples, report) in zip(sample_folders, loaded):
+  for name, samples, report in runs:
     metrics = evaluation.evaluate_samples(samples, reference, metric_config)
-    if report.get('metrics'):
+    if is_gaussian_reference(config) and report.get('metrics'):
       metrics['exact_gaussian'] = report['metrics']
     if reference_stats is not None:
       metrics['fid_stats'] = {'path': reference_stats.path, 'num_images': reference_stats.num_images}
-    results[folder] = {'settings': report['settings'], 'nfe_per_sample': report['nfe_per_sample'], 'metrics': metrics}
-    print(f'{folder}: steps={report["settings"]["num_steps"]} swd={metrics["swd"]["avg"]:.4g} '
-          f'fd_features={metrics["fd_features"]:.4g} kid={metrics["kid"]["mean"]:.4g}'
-          + (f' fid={metrics["fid"]:.6g}' if 'fid' in metrics else ''))
-  evaluation.write_metrics(os.path.join(out, 'metrics.json'), results)
-  if len(results) > 1:
-    runs = _vanilla_and_pds(results, lambda r: r['settings']['num_steps'])
-    for name in ('swd.avg', 'fd_features', 'kid') + (('fid',) if config.eval.inception_path else ()):
-      evaluation.plot_metric_vs_steps(runs, name, os.path.join(out, f'{name.replace(".", "_")}_vs_steps.png'))
-  print(f'wrote {out}/metrics.json')
+    results[name] = {'settings': report['settings'], 'nfe_per_sample': report['nfe_per_sample'], 'metrics': metrics}
+    print(f'{name}: {_run_label(report["settings"])} steps={report["settings"]["num_steps"]} '
+          f'nfe={report["nfe_per_sample"]:g} {line(metrics)}')
+  evaluation.write_metrics(os.path.join(out, 'metrics.json'),
+                           {**results, 'num_reference': num_reference, 'reference_split': config.eval.reference_split,
+                            'noise_floor': floor})
+  groups = {}
+  for name, result in results.items():
+    xs, metrics, names = groups.setdefault(_run_label(result['settings']), ([], [], []))
+    xs.append(result['nfe_per_sample'])
+    metrics.append(result['metrics'])
+    base = os.path.basename(name.rstrip('/'))  # a sample folder, or compare's <folder>/samples_<run>.npz
+    names.append(f'{os.path.basename(os.path.dirname(name))}/{base[len("samples_"):-len(".npz")]}'
+                 if base.startswith('samples_') and base.endswith('.npz') else base)
+  counts = sorted({len(samples) for _, samples, _ in runs})
+  count = f'{counts[0]}' if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'
+  written = []
+  for metric in ('swd.avg', 'fd_features', 'kid') + (('fid',) if config.eval.inception_path else ()):
+    value = evaluation.metric_value(floor, metric)
+    path = os.path.join(out, f'{metric.replace(".", "_")}_vs_nfe.png')
+    evaluation.plot_metric_vs_steps(
+        [(label, xs, m) for label, (xs, m, _) in groups.items()], metric, path, xlabel='NFE per sample',
+        reference_lines={f'real images ({len(held_out)}, noise floor)': value['mean'] if isinstance(value, dict)
+                         else value},
+        title=f'{metric} vs NFE: {len(results)} runs of {count} samples, against {num_reference} reference images',
+        point_labels=[names for _, _, names in groups.values()])
+    written.append(os.path.basename(path))
+  print(f'wrote {out}/metrics.json, {", ".join(written)}')
   return results
 
 
@@ -543,12 +455,15 @@ def fit_init(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   default, or 'dip'; `init_aware.fit.choose_sigma_t`), fits the flow (maximum likelihood on noised
   data) or the closed-form init on a seeded subset of the training images (in the model's data
   range), and prints the validation NLL per dimension and the init error (sliced Wasserstein to
-  held-out noised data), next to N(0, σ_T² I)'s. Writes <init folder>/init.json plus the init's file
-  (see `init_aware.store`). sampling.init = 'prior' (the default) fits `store.FIT_DEFAULT`, the
-  closed-form spectral Gaussian.
+  held-out noised data), next to N(0, σ_T² I)'s, and whether the fit beats that baseline. Writes
+  <workdir>/init/init.json plus the init's file (see `init_aware.store`), and nowhere else:
+  sampling.init_path is only read (sampling prefers <workdir>/init when it exists). sampling.init =
+  'prior' (the default) fits `store.FIT_DEFAULT`, the closed-form spectral Gaussian.
   """
   from pds_jax.init_aware import fit, store
   kind = fit.check_fit_config(config)
+  folder = store.fit_folder(workdir)
+  store.check_writable(folder)  # before any compute
   train_x0, val_x0 = fit.fit_data(config)
   info = {'num_train': len(train_x0), 'num_val': len(val_x0)}
   sigma_t, sigma_info, line = fit.choose_sigma_t(config, train_x0)
@@ -560,9 +475,13 @@ def fit_init(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     info[name] = scores
     print(f'{name:20s} validation NLL {scores["val_nll_per_dim"]:.4f} nats/dim   sliced W2 to held-out noised data '
           f'{scores["sliced_wasserstein"]:.4g}')
-  path = store.save_init(store.init_folder(config, workdir), kind, init, sigma_t, image_shape(config), info, history)
+  info['beats_baseline'] = fit.beats_baseline(info[kind], info['gaussian_baseline'])
+  print(fit.baseline_verdict(kind, info[kind], info['gaussian_baseline']))
+  path = store.save_init(folder, kind, init, sigma_t, image_shape(config), info, history)
   print(f'wrote {path}')
-  return {'sigma_t': sigma_t, **info}
+  print(f'sampling with --config.sampling.init={kind} and --workdir={workdir} reads it from {folder} (before '
+        'sampling.init_path)')
+  return {'sigma_t': sigma_t, 'path': path, **info}
 
 
 # ----------------------------------------------------------------------------- training

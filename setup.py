@@ -9,7 +9,7 @@ setup(
     description='Preconditioned diffusion sampling (PDS) and score_sde compatibility in JAX/Flax',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    python_requires='>=3.11,<3.12',
+    python_requires='>=3.11,<3.13',  # 3.12 is Colab's; every pinned wheel exists for 3.11 and 3.12, none of jax 0.10.2 for 3.10
     packages=find_packages(include=['pds_jax', 'pds_jax.*', 'configs', 'configs.*']),
     py_modules=['main', 'run_lib'],
     package_data={'pds_jax': ['assets/*/*', 'assets/*/checkpoints/*', 'assets/*/init/*']},
@@ -18,7 +18,7 @@ setup(
         'jaxlib==0.10.2',
         'flax==0.12.8',
         'optax==0.2.8',
-        'diffrax==0.7.2',  # the probability-flow ODE (pds_jax.ode) and the likelihood's ODE
+        'diffrax==0.7.2',  # the probability-flow ODE (pds_jax.samplers.ode) and the likelihood's ODE
         'equinox==0.13.8',
         'orbax-checkpoint==0.12.8',
         'ml_collections==1.1.0',

@@ -7,7 +7,7 @@ its time-T marginal (known_init = 'marginal') instead of the clean observation (
 
 Exact Gaussian (configs/gaussian/natural_32: VE σ 0.01 → 25, 2000 scales, 32×32×3): metric = the
 exact conditional error ratio E‖x_U - μ_c‖² / tr Σ_c over the unknown coordinates (1 for exact
-conditional draws; METHOD.md §6), with its standard error over the images; 'ignore' is the ratio of
+conditional draws; docs/method.md §7), with its standard error over the images; 'ignore' is the ratio of
 exact draws that ignore the observation. PDS uses the frequency statistic of 200 exact draws.
   inpaint_random50   each pixel known with probability ½ (the same mask for every image)
   inpaint_center     the central 16×16 square missing

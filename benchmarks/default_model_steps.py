@@ -96,8 +96,8 @@ def run(args) -> dict:
     for sigma_t in common.float_list(args.sigma_t):  # the closed-form spectral init of the patches at each σ_T
       config = get_config()
       config.init_aware.sigma_t = sigma_t
-      config.sampling.init_path = init_dirs[f'{sigma_t:g}'] = os.path.join(init_root, f'init_{sigma_t:g}')
-      run_lib.fit_init(config, config.sampling.init_path)
+      fitted = run_lib.fit_init(config, os.path.join(init_root, f'init_{sigma_t:g}'))  # writes <workdir>/init
+      init_dirs[f'{sigma_t:g}'] = os.path.dirname(fitted['path'])
       families[f'init_s{sigma_t:g}'] = common.int_list(args.init_nodes)
     results = _run_families(args, families, init_dirs, reference)
   return {'floor': floor, 'results': results}

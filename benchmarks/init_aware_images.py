@@ -3,7 +3,7 @@
 Data: the stationary Gaussian with the 1/|k|² spectrum of benchmarks.quality_vs_steps (values
 around [0, 1]); its score is exact at every σ, so the sampler and the init are the only sources of
 error. Two sampler families, each with and without PDS:
-EDM's deterministic Heun (pds_jax.edm; 2 NFE per step, 1 on the last step to σ = 0)
+EDM's deterministic Heun (pds_jax.samplers.edm; 2 NFE per step, 1 on the last step to σ = 0)
   classic          x ~ N(0, σ_max² I), σ_max by Song & Ermon's rule (48.7), Karras grid ρ 7 to
                    σ_min = 0.002 (EDM's setting)
   <init>_s<σ_T>    x_T ~ q_T, Karras grid ρ 5 from σ_T to 0.002 (the paper's image setting), with
@@ -43,8 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from pds_jax import edm, gaussian, preconditioning, sampling, sde_lib
-from pds_jax.driver import Sampler
+from pds_jax import gaussian, preconditioning, sampling, sde_lib
+from pds_jax.samplers import edm, grid
+from pds_jax.samplers.driver import Sampler
 from pds_jax.init_aware import inits
 
 SIGMA_MIN = 0.002
@@ -121,7 +122,7 @@ def run(args) -> dict:
     for n in f['grid']:
       start = time.time()
       if f['sampler'] == 'heun':
-        solver = edm.HeunSolver(sde, edm.karras_sigmas(f['sigma'], SIGMA_MIN, n, f['rho']))
+        solver = edm.HeunSolver(sde, grid.karras_sigmas(f['sigma'], SIGMA_MIN, n, f['rho']))
         samples, nfe = Sampler(solver, x_t.shape)(k_classic, reference.score_fn(sde), x_init=x_t)
       elif x_t is None:  # classic PC: score_sde's sampler from the prior N(0, σ_max² I)
         sampler = common.ve_sampler(sigma_max, (args.num_samples,) + shape, n)

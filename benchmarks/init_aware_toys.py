@@ -15,7 +15,7 @@ Methods, all with the same sampler noise and evaluation draws:
   moment     N(m, C + σ_T² I) with the training draws' mean and covariance (not in the paper)
   gaussian   the uninformed N(0, σ_T² I)
   empirical  the oracle: a training draw + σ_T ε
-σ_T: METHOD.md's reference values, 1 for the 2-D toys and 2.3 for the 10-D ones; the dip-test
+σ_T: the reference values of docs/method.md §8, 1 for the 2-D toys and 2.3 for the 10-D ones; the dip-test
 selection (pds_jax.init_aware.sigma_t, 64 directions) is run on the training draws and reported.
 Metrics against fresh exact draws of the target: sliced W1 (256 directions) and max-sliced W1
 (best of 256 directions + 300 Adam steps); the noise floor is the same metrics between two sets of
@@ -43,8 +43,9 @@ import numpy as np
 from jax.tree_util import Partial
 
 from benchmarks import common
-from pds_jax import edm, sde_lib
-from pds_jax.driver import Sampler
+from pds_jax import sde_lib
+from pds_jax.samplers import edm, grid
+from pds_jax.samplers.driver import Sampler
 from pds_jax.init_aware import flow_training, inits, metrics, toy_score, toys
 from pds_jax.init_aware.sigma_t import select_sigma_t
 
@@ -176,7 +177,7 @@ def run_target(name: str, args) -> dict:
     kl[method] = _kl(target, init, sigma_start, k_kl, min(args.num_samples, 5000))
     x_t = _draw_init(init, k_init, args.num_samples)
     for n in common.int_list(args.nodes):
-      sigmas = edm.karras_sigmas(sigma_start, SIGMA_MIN, n, RHO)
+      sigmas = grid.karras_sigmas(sigma_start, SIGMA_MIN, n, RHO)
       start = time.time()
       samples, nfe = Sampler(edm.AncestralSolver(sde, sigmas), x_t.shape)(k_sampler, score_fn, x_init=x_t)
       samples = jax.block_until_ready(samples)

@@ -1,6 +1,6 @@
 """Sample quality vs number of steps on the exact Gaussian reference: vanilla PC vs PDS.
 
-Data: the stationary Gaussian with the natural 1/|k|² spectrum (METHOD.md §4), 64x64x3, whose
+Data: the stationary Gaussian with the natural 1/|k|² spectrum (docs/method.md §6), 64x64x3, whose
 scores are exact, so the only error left is the sampler's. Samplers: reverse_diffusion +
 langevin on VESDE(0.01, σ_max, N), σ_max by Song & Ermon's rule, eps = 1e-5 · 2000 / N; vanilla
 (identity M), official PDS and marginal-preserving PDS with the frequency mask of 200 exact

@@ -54,7 +54,7 @@ import ml_collections
 import numpy as np
 
 from benchmarks import common
-from pds_jax import datasets, gaussian, preconditioning, sampling, sde_lib
+from pds_jax import datasets, gaussian, preconditioning, sampling, sampling_run, sde_lib
 from pds_jax.init_aware import inits, store
 
 GAUSSIAN_TARGETS = ('gaussian64_ve', 'gaussian64_vp', 'gaussian256_ve', 'gaussian256_vp')
@@ -230,7 +230,7 @@ class Target:
   def sample(self, config, preconditioner, workdir: Optional[str]):
     shape = (self.num_samples,) + self.image_shape
     fn = sampling.get_sampling_fn(config, self.sde, shape, self.inverse_scaler, self.eps, preconditioner,
-                                  workdir=workdir)
+                                  init=sampling_run.load_init(config, workdir, shape))
     keys = sampling.sample_keys(self.args.seed, 0, self.num_samples)
     start = time.time()
     samples, nfe = fn(keys, self.score_fn)
@@ -280,7 +280,7 @@ def run(args) -> dict:
       except sampling.NonFiniteSampleError as e:  # a diverging setting is a result, not a crash
         print(f'{row:18s} {value!s:>7} {e}', flush=True)
         fn = sampling.get_sampling_fn(config, target.sde, (1,) + target.image_shape, lambda x: x, target.eps,
-                                      precond, workdir=init_path)
+                                      precond, init=sampling_run.load_init(config, init_path, (1,) + target.image_shape))
         nfe, seconds, settings = fn.nfe, float('nan'), fn.settings
         metrics = {m: float('inf') for m in target.metrics(target.floor_images)}
       entry = {'value': value, 'nfe': float(nfe), 'seconds_incl_compile': seconds, 'metrics': metrics,

@@ -16,11 +16,13 @@
    'sharding' mode runs the per-device program with shard_map, B / d per device like pmap.)
    Forced CPU devices are slices of the same host and share its cores (2 here), so this measures
    correctness and the cost of the device split, not real multi-device scaling.
-2. Bookkeeping. The CLI's (`run_lib.sample`) per-round work other than sampling: keys
-   (`sample_keys` + `place_keys`, timed in each worker at its device count), writing one shard
-   (`io_utils.write_npz` of the uint8 + float32 arrays of one batch, fsynced), and the resume scan
-   `shards.finished_rounds` over a folder of --num_files shard files (`run_lib.sample` scans
-   once at startup). Each cost is divided by the sampling time of one round (d = 1, sharding).
+2. Bookkeeping. The CLI's per-round work other than sampling (`shards.run_rounds`, the round loop
+   of every mode that writes shards): keys (`sample_keys` + `place_keys`, timed in each worker at
+   its device count), writing one shard (`shards.write_shard`: the uint8 + float32 arrays of one
+   batch, fsynced), one whole round of `shards.run_rounds` around a round function that returns
+   the batch at once (keys, run.json, shard, progress bar), and the resume scan
+   `shards.finished_rounds` over a folder of --num_files shard files (`run_rounds` scans once at
+   startup). Each cost is divided by the sampling time of one round (d = 1, sharding).
 
   JAX_COMPILATION_CACHE_DIR=.jax_cache python -m benchmarks.scaling            # full setting
   JAX_COMPILATION_CACHE_DIR=.jax_cache python -m benchmarks.scaling --quick    # smoke setting (< 1 min)
@@ -203,16 +205,19 @@ def _agreement(samples: Dict[int, Dict[str, np.ndarray]], rtol: float) -> dict:
 
 def _bookkeeping(args: argparse.Namespace, samples: np.ndarray, scratch: str) -> dict:
   """ms of the CLI's shard write and resume scan, in this (parent) process."""
-  from pds_jax import io_utils, shards
+  from pds_jax import shards
   shard_dir = os.path.join(scratch, 'shards')
   os.makedirs(shard_dir)
 
-  def write(r: int) -> None:  # as run_lib.sample writes round r
-    io_utils.write_npz(os.path.join(shard_dir, f'samples_{r}_0.npz'),
-                      samples=np.clip(samples * 255., 0, 255).astype(np.uint8), samples_float=samples)
+  def write(r: int) -> None:  # as the CLI writes round r
+    shards.write_shard(shards.shard_path(shard_dir, r, 0), samples)
 
   write_s = [common.seconds(write, r) for r in range(args.io_repeats + 1)][1:]
-  shard_bytes = os.path.getsize(os.path.join(shard_dir, 'samples_0_0.npz'))
+  shard_bytes = os.path.getsize(shards.shard_path(shard_dir, 0, 0))
+  b = len(samples)
+  finished = shards.run_rounds(os.path.join(scratch, 'rounds'), {'benchmark': 'scaling'}, (args.io_repeats + 1) * b, b,
+                               lambda r: {'samples': samples}, seed=args.seed)
+  round_s = finished.seconds[1:]  # the first round also compiles the key derivation
   scan_dir = os.path.join(scratch, 'scan')
   os.makedirs(scan_dir)
   for r in range(args.num_files):  # the scan reads names only; empty shards list as fast as full ones
@@ -223,6 +228,7 @@ def _bookkeeping(args: argparse.Namespace, samples: np.ndarray, scratch: str) ->
   if len(shards.finished_rounds(scan_dir)) != args.num_files:
     raise RuntimeError(f'shards.finished_rounds found {len(shards.finished_rounds(scan_dir))} of {args.num_files} shards.')
   return {'write_npz_ms': 1e3 * common.median(write_s), 'write_npz_ms_all': [1e3 * s for s in write_s],
+          'run_rounds_ms': 1e3 * common.median(round_s), 'run_rounds_ms_all': [1e3 * s for s in round_s],
           'shard_bytes': shard_bytes, 'finished_rounds_scan_ms': 1e3 * common.median(scan_s),
           'num_files': args.num_files, 'scratch_dir': scratch}
 
@@ -250,7 +256,8 @@ def run(args: argparse.Namespace) -> dict:
   round_ms = 1e3 * per_mode['sharding']['1']['seconds_per_round_median']
   per_shard = {'keys (sample_keys + place_keys, sharding, d=1)': per_mode['sharding']['1']['keys_ms'],
                f'keys (sample_keys + place_keys, sharding, d={devices[-1]})': per_mode['sharding'][str(devices[-1])]['keys_ms'],
-               'write_npz (uint8 + float32 shard, fsynced)': book['write_npz_ms'],
+               'write_shard (uint8 + float32 shard, fsynced)': book['write_npz_ms'],
+               'run_rounds (keys, run.json, shard, progress of one round)': book['run_rounds_ms'],
                f'_finished_rounds scan ({args.num_files} files; once at startup)': book['finished_rounds_scan_ms']}
   book['per_shard'] = {k: {'ms': v, 'ratio_to_sampling_round': v / round_ms} for k, v in per_shard.items()}
   book['sampling_round_ms_d1_sharding'] = round_ms

@@ -34,25 +34,18 @@ def add_pds_fields(sampling: ml_collections.ConfigDict) -> None:
 
 
 def add_sampler_fields(sampling: ml_collections.ConfigDict) -> None:
-  """Adds the fields of every sampling method (`pds_jax.sampling.get_sampling_fn`) in place.
+  """Adds the `config.sampling` fields every registered sampling method declares, in place.
 
-  method (score_sde's field, 'pc' by default): 'pc', 'ode', 'euler', 'heun', 'ancestral',
-    'dpm_solver', or 'init_aware' (the alias of the earlier init-aware sampler).
-  num_steps: steps of the method (σ-grid methods: Karras nodes; None: PC uses speed_up, the others
-    `sampling.DEFAULT_NUM_STEPS`). The NFE follows from the method and is reported.
-  rho: ρ of the Karras grid σ(T) → σ(eps) of euler / heun / ancestral / dpm_solver.
-  solver_order, dpm_solver_variant: DPM-Solver's order (1, 2, 3) and 'dpm_solver' (singlestep,
-    noise prediction) or 'dpm_solver++' (multistep, data prediction).
-  ode_method, ode_rtol, ode_atol: the probability-flow ODE solver ('RK45' = Dormand–Prince 5(4) as
-    in score_sde, or 'tsit5') and its tolerances (score_sde's 1e-5).
+  Each method declares its fields with their defaults in its own file (`pds_jax.samplers`, e.g.
+  num_steps, rho and noise_removal in grid.py, solver_order in dpm_solver.py, ode_rtol in ode.py);
+  a value the config already set is kept. method (score_sde's field, 'pc' by default) names one of
+  `pds_jax.samplers.methods.method_names()` or 'init_aware' (the alias of the earlier init-aware
+  sampler).
   """
-  sampling.num_steps = config_dict.placeholder(int)
-  sampling.rho = 7.
-  sampling.solver_order = 2
-  sampling.dpm_solver_variant = 'dpm_solver++'
-  sampling.ode_method = 'RK45'
-  sampling.ode_rtol = 1e-5
-  sampling.ode_atol = 1e-5
+  from pds_jax.samplers import methods  # importing pds_jax.samplers registers every method
+  for name, field in methods.declared_fields().items():
+    if name not in sampling:
+      sampling[name] = config_dict.placeholder(field.kind) if field.default is None else field.default
 
 
 def add_scale_fields(evaluate: ml_collections.ConfigDict) -> None:
@@ -124,14 +117,15 @@ def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
       q_T at σ_T fitted by --mode fit_init: 'spectral_gaussian' (closed form, zero training), 'flow'
       (learned), 'gaussian' (N(0, σ_T² I), uninformed) or 'empirical' (training images + σ_T ε, the
       oracle). fit_init fits 'spectral_gaussian' when init is 'prior'.
-    init_path: the fit_init folder (None: workdir/init).
+    init_path: read-only: where sampling reads q_T when <workdir>/init (what --mode fit_init writes)
+      holds none; the shipped config points it at the shipped init. None: <workdir>/init only.
     init_sampler, init_nodes, init_rho, init_sigma_min: the method = 'init_aware' alias (the
       earlier init-aware sampler): 'heun' / 'euler' / 'ancestral' on the Karras grid σ_T →
       init_sigma_min (init_nodes nodes, ρ = init_rho, then 0), or 'pc' (init_nodes steps), from
       sampling.init ('prior' reads as 'spectral_gaussian').
   config.init_aware (used by --mode fit_init):
     sigma_t: σ_T in the model's data range (None: choose it within sigma_t_bounds with
-      sigma_t_rule). sigma_t_rule 'principal' (images): the smallest σ from which on the closed-form
+      sigma_t_rule; on the command line --config.init_aware.sigma_t=None unsets a config's value). sigma_t_rule 'principal' (images): the smallest σ from which on the closed-form
       q_T is within sigma_t_tolerance (W1 / std beyond the finite-sample floor) of the noised
       images along their num_principal_directions leading principal directions; 'dip': the
       dip-test procedure of Fassina et al. on num_directions random directions, a projection

@@ -1,4 +1,4 @@
-"""Checkpoint I/O: score_sde's legacy flax files and score_sde_pytorch `.pth` files (METHOD.md §3).
+"""Checkpoint I/O: score_sde's legacy flax files and score_sde_pytorch `.pth` files (docs/method.md §5).
 
 A legacy file `checkpoints/checkpoint_<N>` is a flax msgpack map of score_sde's `State`:
   step (0-d int32), optimizer {target: params, state {step, param_states: params-shaped tree of
@@ -365,8 +365,50 @@ def _torch_to_flax_leaf(name: str, ndim: int, flax_names: set) -> Tuple[Optional
   return (candidates.pop() if len(candidates) == 1 else None), perm
 
 
+MAX_LISTED_PROBLEMS = 20  # a mismatch error lists this many problems, then their count
+
+
+def _width_ratio(pairs: Sequence[Tuple[Shape, Shape]]) -> Optional[float]:
+  """r when every (expected, converted) pair of equal rank differs only on axes scaled by one factor
+  expected / converted = r (a model built with another width, model.nf); else None."""
+  ratios = set()
+  for expected, converted in pairs:
+    if len(expected) != len(converted):
+      return None
+    for e, c in zip(expected, converted):
+      if e != c:
+        if not e or not c:
+          return None
+        ratios.add(round(e / c, 6))
+  return ratios.pop() if len(ratios) == 1 else None
+
+
+def width_summary(pairs: Sequence[Tuple[Shape, Shape]], total: int, nf: Optional[int]) -> Optional[str]:
+  """One line for a width mismatch, e.g. 'every mis-shaped tensor (360 of 412) is 1/16 of the config's
+  width (model.nf 128): is model.nf 8? (--config.model.nf=8)'; None when the shapes disagree otherwise."""
+  r = _width_ratio(pairs)
+  if r is None or r == 1:
+    return None
+  fraction = f'1/{r:g} of' if r > 1 else f'{1 / r:g}x'
+  line = f'every mis-shaped tensor ({len(pairs)} of {total}) is {fraction} the config\'s width'
+  if nf:
+    likely = nf / r
+    line += f' (model.nf {nf})'
+    if abs(likely - round(likely)) < 1e-6 and round(likely) >= 1:
+      line += f': is model.nf {round(likely)}? (--config.model.nf={round(likely)})'
+  return line
+
+
+def _listed(lines: Sequence[str]) -> List[str]:
+  """At most MAX_LISTED_PROBLEMS lines, then how many were left out."""
+  shown = [f'  {line}' for line in lines[:MAX_LISTED_PROBLEMS]]
+  if len(lines) > MAX_LISTED_PROBLEMS:
+    shown.append(f'  ... and {len(lines) - MAX_LISTED_PROBLEMS} more ({len(lines)} problems in all)')
+  return shown
+
+
 def _match_torch_params(torch_shapes: Mapping[str, Shape], flax_shapes: Mapping[Path, Shape],
-                        call_order: Sequence[str], source: str
+                        call_order: Sequence[str], source: str, nf: Optional[int] = None
                         ) -> Dict[str, Tuple[Path, Shape]]:
   """Maps each torch parameter key to (flax path, axis permutation), by rule.
 
@@ -374,7 +416,9 @@ def _match_torch_params(torch_shapes: Mapping[str, Shape], flax_shapes: Mapping[
   NCSN++'s `all_modules` list) is the i-th parameter-holding flax submodule in call order; inside
   a pair the names match (score_sde_pytorch names its children after the flax auto-names) up to
   `_torch_to_flax_leaf`. Top-level torch tensors unknown to flax (the `sigmas` buffer) are left
-  out. Raises a CheckpointMismatchError listing every torch or flax leaf that finds no partner.
+  out. Raises a CheckpointMismatchError: a one-line summary when the shapes differ by one width
+  factor (`width_summary`; `nf` = the config's model.nf), then at most MAX_LISTED_PROBLEMS of the
+  torch or flax leaves that find no partner, and their count.
   """
   groups: Dict[str, List[Tuple[str, Path]]] = {}
   mapping = {}
@@ -390,7 +434,7 @@ def _match_torch_params(torch_shapes: Mapping[str, Shape], flax_shapes: Mapping[
       f'{source}: the PyTorch model has {len(groups)} parameter-holding modules, the flax model '
       f'of this config {len(flax_modules)}; was it trained with another config?\n'
       f'  torch: {", ".join(groups)}\n  flax:  {", ".join(flax_modules)}')
-  lines = []
+  lines, mis_shaped = [], []
   for (torch_module, keys), flax_module in zip(groups.items(), flax_modules):
     leaves = {p[1:]: s for p, s in flax_shapes.items() if p[0] == flax_module}
     unmatched = set(leaves)
@@ -402,6 +446,8 @@ def _match_torch_params(torch_shapes: Mapping[str, Shape], flax_shapes: Mapping[
       if name is None:
         lines.append(f'unexpected  {where}: no flax leaf {_fmt(inner)} (has {sorted(names)})')
       elif shape != leaves[inner[:-1] + (name,)]:
+        mis_shaped.append((leaves[inner[:-1] + (name,)], shape))
+        unmatched.discard(inner[:-1] + (name,))  # found, with another shape: listed once, not also as missing
         lines.append(f'mis-shaped  {where}/{_fmt(inner[:-1] + (name,))}: expected '
                      f'{leaves[inner[:-1] + (name,)]}, converted {shape}')
       else:
@@ -410,8 +456,10 @@ def _match_torch_params(torch_shapes: Mapping[str, Shape], flax_shapes: Mapping[
     lines += [f'missing     {flax_module}/{_fmt(p)} {leaves[p]}: no entry in torch '
               f'{torch_module}' for p in sorted(unmatched)]
   if lines:
-    raise CheckpointMismatchError(f'{source}: the PyTorch parameters do not fit the flax model '
-                                  'of this config:\n' + '\n'.join(f'  {l}' for l in lines))
+    summary = width_summary(mis_shaped, len(torch_shapes), nf) if len(mis_shaped) == len(lines) else None
+    raise CheckpointMismatchError('\n'.join(
+        [f'{source}: the PyTorch parameters do not fit the flax model of this config'
+         + (f': {summary}' if summary else f' ({len(lines)} problems):')] + _listed(lines)))
   return mapping
 
 
@@ -505,7 +553,7 @@ def convert_pytorch_checkpoint(pth_path: str, config: ml_collections.ConfigDict)
   model_sd = {k[len(prefix):]: v for k, v in model_sd.items()}
   model_state_shapes, flax_shapes, call_order = _model_template(config)
   mapping = _match_torch_params({k: tuple(v.shape) for k, v in model_sd.items()}, flax_shapes,
-                                call_order, pth_path)
+                                call_order, pth_path, config.model.get('nf'))
   param_keys = [k for k in model_sd if k in mapping]
   convert = lambda key, x: np.ascontiguousarray(np.transpose(x, mapping[key][1]))
   flat_params = {mapping[k][0]: convert(k, to_numpy(model_sd[k])) for k in param_keys}
@@ -547,3 +595,55 @@ def write_converted_checkpoint(pth_path: str, config: ml_collections.ConfigDict,
   state = convert_pytorch_checkpoint(pth_path, config)
   number = int(state.step) if number is None else number
   return save_checkpoint(os.path.join(workdir, 'checkpoints'), state, number, keep=None)
+
+
+# --- the config overrides a converted checkpoint needs ---------------------------------------------
+
+OVERRIDES_FILE = 'config_overrides.json'
+STORED_OVERRIDE_GROUPS = ('model', 'data')  # the fields that decide which checkpoint fits
+
+
+def write_config_overrides(workdir: str, overrides: Mapping[str, Any]) -> Optional[str]:
+  """Writes the model.* / data.* entries of `overrides` (--config.<field> values of --mode convert) to
+  workdir/checkpoints/config_overrides.json, beside the converted checkpoint; returns its path (None
+  when there are none)."""
+  import json  # pylint: disable=import-outside-toplevel
+  kept = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())
+          if k.split('.')[0] in STORED_OVERRIDE_GROUPS}
+  if not kept:
+    return None
+  path = os.path.join(workdir, 'checkpoints', OVERRIDES_FILE)
+  text = json.dumps({'written_by': '--mode convert', 'overrides': kept}, indent=2)
+  atomic_write(path, lambda f: f.write(text.encode()))
+  return path
+
+
+def apply_config_overrides(config: ml_collections.ConfigDict, workdir: str,
+                           explicit: Mapping[str, Any] = ()) -> Dict[str, Any]:
+  """Sets the fields stored by `write_config_overrides` in workdir/checkpoints/ on `config` in place,
+  except those in `explicit` (the command line's own --config.<field> values win). Returns the
+  applied {field: value}; ValueError naming the file when it is unreadable or names an unknown field."""
+  import json  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, 'checkpoints', OVERRIDES_FILE)
+  if not os.path.isfile(path):
+    return {}
+  try:
+    with open(path) as f:
+      stored = json.load(f)['overrides']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path}: unreadable ({type(e).__name__}: {e}); delete it or rewrite it with --mode convert.') from e
+  applied = {}
+  for field, value in stored.items():
+    if field in explicit:
+      continue
+    *parents, name = field.split('.')
+    node = config
+    for parent in parents:
+      node = node.get(parent) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      raise ValueError(f'{path}: config.{field} is not a field of this config; was the checkpoint converted '
+                       'with another config?')
+    value = tuple(value) if isinstance(node[name], tuple) else value
+    setattr(node, name, value)
+    applied[field] = value
+  return applied

@@ -8,7 +8,7 @@ with m = 1 on the observed coordinates, y the observation and C a per-pixel chan
   inpainting    C = I, m the known pixels;
   colorization  C = Mᵀ with score_sde's orthonormal colour matrix M (first column (1, 1, 1)/√3, so
                 channel 0 of C x is the gray level · √3), m = channel 0 at every pixel.
-Here the chain is `pds_jax.sampling.PCSolver` itself (every predictor and corrector, PDS
+Here the chain is `pds_jax.samplers.pc.PCSolver` itself (every predictor and corrector, PDS
 preconditioned with the official, marginal-preserving or corrector-only variant, `speed_up`), run
 by the driver (per-sample keys, one `lax.scan` under `jit` in chunks, NaN detection, pmap /
 shard_map); `ConditionalPCSolver` only wraps each update with the projection above. With the
@@ -33,12 +33,14 @@ from __future__ import annotations
 
 from typing import Callable, Dict, NamedTuple, Optional
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pds_jax import gaussian, sampling, sde_lib
-from pds_jax.driver import Sampler, ScoreFn, normal, split
+from pds_jax.samplers.driver import Sampler, ScoreFn, normal, split
+from pds_jax.samplers.pc import PCSolver, speed_up_schedule
 from pds_jax.preconditioning import Preconditioner
 from pds_jax.shards import as_count
 from pds_jax.utils import batch_mul
@@ -73,7 +75,7 @@ class ConditionalState(NamedTuple):
   mask: jax.Array      # (B, H, W, C) 1 on the observed coordinates of the decoupled basis
 
 
-class ConditionalPCSolver(sampling.PCSolver):
+class ConditionalPCSolver(PCSolver):
   """The PC method with score_sde's data-consistency projection after each corrector and predictor update.
 
   Args (beyond `PCSolver`'s):
@@ -82,6 +84,8 @@ class ConditionalPCSolver(sampling.PCSolver):
   The driver's `cond` is (observed y (B, H, W, C) in x-coordinates, mask (B, H, W, C) in the
   decoupled basis).
   """
+  basis: Optional[jax.Array]
+  known_init: str = eqx.field(static=True)
   name = 'pc_conditional'
 
   def __init__(self, sde: sde_lib.SDE, predictor='reverse_diffusion', corrector='langevin', snr: float = 0.16,
@@ -147,10 +151,12 @@ class ConditionalSampler:
   The driver (one per data shape) is built on first use.
   """
 
-  def __init__(self, solver: ConditionalPCSolver, inverse_scaler: Callable, preconditioner: Optional[Preconditioner],
-               colorize: bool, pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None):
+  def __init__(self, solver: ConditionalPCSolver, inverse_scaler: Callable, preconditioner: 'sampling.Masks',
+               colorize: bool, pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None,
+               alpha: Optional[float] = None):
     self.solver, self.inverse_scaler, self.colorize = solver, inverse_scaler, colorize
-    self.preconditioner = Preconditioner() if preconditioner is None else preconditioner
+    # `alpha`: the PDS mask strength (None: α(N) of the chain's N steps, applied to masks(α))
+    self.preconditioner, self.alpha = sampling.apply_masks(preconditioner, alpha, solver.num_steps)
     solver.check_preconditioner(self.preconditioner)
     self.pmap, self.mesh = pmap, mesh
     self._samplers = {}
@@ -186,16 +192,17 @@ class ConditionalSampler:
 
 def _solver(sde, predictor, corrector, snr, n_steps, probability_flow, denoise, eps, pds_variant, speed_up,
             basis, known_init) -> ConditionalPCSolver:
-  sde, eps = sampling.speed_up_schedule(sde, eps, speed_up)
+  sde, eps = speed_up_schedule(sde, eps, speed_up)
   return ConditionalPCSolver(sde, predictor, corrector, snr, n_steps, probability_flow, denoise, eps, pds_variant,
                              basis=basis, known_init=known_init)
 
 
 def get_pc_inpainter(sde: sde_lib.SDE, predictor, corrector, inverse_scaler: Callable, snr: float,
                      n_steps: int = 1, probability_flow: bool = False, continuous: bool = False,
-                     denoise: bool = True, eps: float = 1e-5, *, preconditioner: Optional[Preconditioner] = None,
+                     denoise: bool = True, eps: float = 1e-5, *, preconditioner: 'sampling.Masks' = None,
                      pds_variant: str = 'official', speed_up: float = 1., known_init: str = 'data',
-                     pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None) -> ConditionalSampler:
+                     pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None,
+                     alpha: Optional[float] = None) -> ConditionalSampler:
   """score_sde's `get_pc_inpainter` with PDS: inpainter(rng, score_fn, data, mask) -> (images, nfe).
 
   Args (score_sde's first, then ours):
@@ -204,8 +211,9 @@ def get_pc_inpainter(sde: sde_lib.SDE, predictor, corrector, inverse_scaler: Cal
     inverse_scaler: applied to the output.
     continuous: score_sde builds its score function here; pds_jax's inpainter takes `score_fn` at
       call time (`models.utils.get_score_fn(..., continuous=)` already holds it), so it is unused.
-    preconditioner: PDS's M (None: identity, score_sde's inpainter); pds_variant: 'official',
-      'marginal_preserving' or 'corrector_only' (`pds_jax.sampling`).
+    preconditioner: PDS's M, or masks(α) -> M (`sampling.Masks`; None: identity, score_sde's
+      inpainter); alpha: α of masks(α) (None: α(N) of the chain's N steps); pds_variant:
+      'official', 'marginal_preserving' or 'corrector_only' (`pds_jax.sampling`).
     speed_up: PDS's k: int(sde.N / k) steps, eps · k.
     known_init: 'data' (score_sde) or 'marginal' (score_sde_pytorch #39's fix).
     pmap, mesh: device mapping, as for sampling.
@@ -214,14 +222,15 @@ def get_pc_inpainter(sde: sde_lib.SDE, predictor, corrector, inverse_scaler: Cal
   del continuous
   solver = _solver(sde, predictor, corrector, snr, n_steps, probability_flow, denoise, eps, pds_variant, speed_up,
                    None, known_init)
-  return ConditionalSampler(solver, inverse_scaler, preconditioner, colorize=False, pmap=pmap, mesh=mesh)
+  return ConditionalSampler(solver, inverse_scaler, preconditioner, colorize=False, pmap=pmap, mesh=mesh, alpha=alpha)
 
 
 def get_pc_colorizer(sde: sde_lib.SDE, predictor, corrector, inverse_scaler: Callable, snr: float,
                      n_steps: int = 1, probability_flow: bool = False, continuous: bool = False,
-                     denoise: bool = True, eps: float = 1e-5, *, preconditioner: Optional[Preconditioner] = None,
+                     denoise: bool = True, eps: float = 1e-5, *, preconditioner: 'sampling.Masks' = None,
                      pds_variant: str = 'official', speed_up: float = 1., known_init: str = 'data',
-                     pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None) -> ConditionalSampler:
+                     pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None,
+                     alpha: Optional[float] = None) -> ConditionalSampler:
   """score_sde's `get_pc_colorizer` with PDS: colorizer(rng, score_fn, gray) -> (images, nfe).
 
   `gray`: gray-scale images (B, H, W, 3) in the model's variable with R = G = B (`to_grayscale`);
@@ -230,7 +239,7 @@ def get_pc_colorizer(sde: sde_lib.SDE, predictor, corrector, inverse_scaler: Cal
   del continuous
   solver = _solver(sde, predictor, corrector, snr, n_steps, probability_flow, denoise, eps, pds_variant, speed_up,
                    COLOR_MATRIX, known_init)
-  return ConditionalSampler(solver, inverse_scaler, preconditioner, colorize=True, pmap=pmap, mesh=mesh)
+  return ConditionalSampler(solver, inverse_scaler, preconditioner, colorize=True, pmap=pmap, mesh=mesh, alpha=alpha)
 
 
 class ConditionalErrors:

@@ -225,11 +225,12 @@ def metric_value(metrics: Mapping, metric_name: str):
 def plot_metric_vs_steps(runs: Sequence[Tuple[str, Sequence[float], Sequence[Mapping]]], metric_name: str,
                          path: str, log_x: bool = True, xlabel: str = 'sampling steps',
                          reference_lines: Optional[Mapping[str, float]] = None, title: Optional[str] = None,
-                         log_y: bool = False) -> None:
+                         log_y: bool = False, point_labels: Optional[Sequence[Sequence[str]]] = None) -> None:
   """One line per run (label, steps, one metrics dict per step) of `metric_name` against steps, as a PNG.
 
   A {'mean', 'std'} entry (KID, IS) is drawn as mean ± std error bars; `reference_lines` (label ->
-  value, e.g. the metric of real images) as dashed horizontal lines. Written atomically with
+  value, e.g. the metric of real images) as dashed horizontal lines; `point_labels` (per run, one
+  text per point, e.g. the sample folder) are written beside the points. Written atomically with
   matplotlib's Agg canvas (no display, no global pyplot state).
   """
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
@@ -238,18 +239,26 @@ def plot_metric_vs_steps(runs: Sequence[Tuple[str, Sequence[float], Sequence[Map
   fig = Figure(figsize=(5, 3.5), dpi=120)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
-  for label, steps, run_metrics in runs:
+  if point_labels is not None and len(point_labels) != len(runs):
+    raise ValueError(f'{len(point_labels)} lists of point labels for {len(runs)} runs.')
+  for j, (label, steps, run_metrics) in enumerate(runs):
     if len(steps) != len(run_metrics):
       raise ValueError(f'run {label!r}: {len(steps)} steps but {len(run_metrics)} metrics dictionaries.')
     values = [metric_value(m, metric_name) for m in run_metrics]
     order = np.argsort(steps)
     x = np.asarray(steps, np.float64)[order]
     if all(isinstance(v, Mapping) for v in values):
-      mean = np.array([values[i]['mean'] for i in order])
+      y = np.array([values[i]['mean'] for i in order])
       std = np.array([values[i]['std'] for i in order])
-      ax.errorbar(x, mean, yerr=std, marker='o', capsize=3, label=label)
+      ax.errorbar(x, y, yerr=std, marker='o', capsize=3, label=label)
     else:
-      ax.plot(x, np.array([float(values[i]) for i in order]), marker='o', label=label)
+      y = np.array([float(values[i]) for i in order])
+      ax.plot(x, y, marker='o', label=label)
+    if point_labels is not None:
+      if len(point_labels[j]) != len(steps):
+        raise ValueError(f'run {label!r}: {len(steps)} points but {len(point_labels[j])} point labels.')
+      for xi, yi, i in zip(x, y, order):
+        ax.annotate(point_labels[j][i], (xi, yi), textcoords='offset points', xytext=(4, 4), fontsize=6)
   for i, (label, value) in enumerate((reference_lines or {}).items()):
     ax.axhline(float(value), color='0.4', linestyle=('--', ':', '-.')[i % 3], linewidth=1, label=label)
   if log_x:
@@ -267,7 +276,7 @@ def plot_metric_vs_steps(runs: Sequence[Tuple[str, Sequence[float], Sequence[Map
   ax.set_xlabel(xlabel)
   ax.set_ylabel(metric_name)
   ax.grid(True, alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=7)
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png')

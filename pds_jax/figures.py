@@ -19,11 +19,17 @@ def image_grid(images: np.ndarray, nrow: Optional[int] = None, pad: int = 2) -> 
   return (grid * 255).round().astype(np.uint8)
 
 
-def titled_grid(columns: Sequence[Tuple[str, np.ndarray]], min_size: int = 96, pad: int = 4) -> np.ndarray:
+PANEL_MIN_WIDTH = 360  # titled_panels enlarges narrower images; titled_grid is never narrower
+
+
+def titled_grid(columns: Sequence[Tuple[str, np.ndarray]], min_size: int = 96, pad: int = 4,
+                min_width: int = PANEL_MIN_WIDTH) -> np.ndarray:
   """Images side by side, one titled column per (title, images (N, H, W, C) in [0, 1]), as uint8 RGB.
 
   Row i holds image i of every column; images are enlarged by an integer factor (nearest) to at
-  least `min_size` pixels so that small images stay legible, with the title above each column.
+  least `min_size` pixels so that small images stay legible, with the title above each column. The
+  columns are centred on a canvas at least `min_width` wide, so that `titled_panels` never enlarges
+  a titled grid: grids of 3 and 4 columns (colorize, inpaint) keep one scale and one font.
   """
   from PIL import Image, ImageDraw
   n, h, w = columns[0][1].shape[:3]
@@ -31,11 +37,12 @@ def titled_grid(columns: Sequence[Tuple[str, np.ndarray]], min_size: int = 96, p
   cell_h, cell_w = h * scale, w * scale
   font = _font(max(12, min(20, cell_w // 7)))
   title_h = font.getbbox('Ag')[3] + 2 * pad
-  width = len(columns) * (cell_w + pad) + pad
+  used = len(columns) * (cell_w + pad) + pad
+  width = max(used, min_width)
   canvas = Image.new('RGB', (width, title_h + n * (cell_h + pad)), 'white')
   draw = ImageDraw.Draw(canvas)
   for j, (title, images) in enumerate(columns):
-    left = pad + j * (cell_w + pad)
+    left = (width - used) // 2 + pad + j * (cell_w + pad)
     text_w = draw.textlength(title, font=font)
     draw.text((left + max(0, (cell_w - text_w) / 2), pad), title, fill='black', font=font)
     for i, img in enumerate(np.clip(np.asarray(images, np.float32), 0, 1)):
@@ -52,31 +59,35 @@ def _font(size: int):
   return ImageFont.load_default(size=size)
 
 
-def titled_panels(panels: Sequence[Tuple[str, np.ndarray]], title: Optional[str] = None, min_width: int = 360,
-                  pad: int = 10, font_size: int = 15) -> np.ndarray:
+def titled_panels(panels: Sequence[Tuple[str, np.ndarray]], title: Optional[str] = None,
+                  min_width: int = PANEL_MIN_WIDTH, pad: int = 10, font_size: int = 15) -> np.ndarray:
   """Images side by side, each under its own (possibly multi-line) title, as one uint8 RGB array.
 
   panels: (title, image (H, W, 3) uint8) pairs, e.g. `image_grid` outputs; each image is enlarged by
   an integer factor (nearest) to at least `min_width` pixels wide. `title`: an optional line above all.
+  A panel is as wide as its image or its longest title line, whichever is wider, so no text is cut off.
   """
   from PIL import Image, ImageDraw
   font = _font(font_size)
+  measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  text_width = lambda text: max(int(np.ceil(measure.textlength(line, font=font))) for line in text.split('\n'))
   scales = [max(1, -(-min_width // image.shape[1])) for _, image in panels]
   sizes = [(image.shape[1] * k, image.shape[0] * k) for (_, image), k in zip(panels, scales)]
+  widths = [max(w, text_width(text)) for (text, _), (w, _) in zip(panels, sizes)]
   line_h = font.getbbox('Ag')[3] + 4
   head_h = max(len(t.split('\n')) for t, _ in panels) * line_h + pad
   top = pad + (line_h + pad if title else 0)
-  width = sum(w for w, _ in sizes) + pad * (len(panels) + 1)
+  width = max(sum(widths) + pad * (len(panels) + 1), text_width(title) + 2 * pad if title else 0)
   canvas = Image.new('RGB', (width, top + head_h + max(h for _, h in sizes) + pad), 'white')
   draw = ImageDraw.Draw(canvas)
   if title:
     draw.text((pad, pad), title, fill='black', font=font)
   left = pad
-  for (text, image), (w, h) in zip(panels, sizes):
+  for (text, image), (w, h), panel_w in zip(panels, sizes, widths):
     for i, line in enumerate(text.split('\n')):
       draw.text((left, top + i * line_h), line, fill='black', font=font)
     canvas.paste(Image.fromarray(np.asarray(image, np.uint8)).resize((w, h), Image.NEAREST), (left, top + head_h))
-    left += w + pad
+    left += panel_w + pad
   return np.asarray(canvas)
 
 

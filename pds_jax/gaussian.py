@@ -1,4 +1,4 @@
-"""The exact Gaussian reference of METHOD.md §4: stationary Gaussian images with exact scores.
+"""The exact Gaussian reference of docs/method.md §6: stationary Gaussian images with exact scores.
 
 Data x ~ N(μ, Σ) with Σ stationary: per channel, Σ = U* diag(λ) U with U = F / sqrt(HW) the
 unitary 2-D DFT, so λ (H, W, C) holds the variance of each Fourier coefficient. Every marginal of
@@ -131,7 +131,7 @@ class GaussianReference(flax.struct.PyTreeNode):
     return self.spectrum.mean(axis=(0, 1))
 
   def log_prob(self, x, sde: Optional[sde_lib.SDE] = None, t: Optional[float] = None) -> np.ndarray:
-    """log p(x) for images x (N, H, W, C), in float64 on the host (METHOD.md §6).
+    """log p(x) for images x (N, H, W, C), in float64 on the host (docs/method.md §7).
 
       -log p_t(x) = ½ Σ_k |U(x - m_t μ)|²_k / v_k(t) + ½ Σ_k log(2π v_k(t)),  v_k(t) = m_t² λ_k + σ_t²
 
@@ -157,7 +157,7 @@ class GaussianReference(flax.struct.PyTreeNode):
     return c[(py[:, None] - py[None, :]) % h, (px[:, None] - px[None, :]) % w]
 
   def condition_on_pixels(self, observed, mask) -> 'GaussianConditional':
-    """The exact law of the unknown pixels given the known ones (inpainting), per channel (METHOD.md §6).
+    """The exact law of the unknown pixels given the known ones (inpainting), per channel (docs/method.md §7).
 
       μ_c = μ_U + Σ_UK Σ_KK⁻¹ (y_K - μ_K),   Σ_c = Σ_UU - Σ_UK Σ_KK⁻¹ Σ_KU
 
@@ -240,7 +240,7 @@ class GaussianConditional(NamedTuple):
     return np.sum(diff ** 2, axis=(1, 2, 3))
 
   def error_ratio(self, samples) -> float:
-    """mean_i ‖x_U,i - μ_c,i‖² / tr Σ_c: 1 for exact conditional draws (METHOD.md §6)."""
+    """mean_i ‖x_U,i - μ_c,i‖² / tr Σ_c: 1 for exact conditional draws (docs/method.md §7)."""
     return float(np.mean(self.squared_errors(samples)) / self.trace)
 
   def ignore_ratio(self) -> float:

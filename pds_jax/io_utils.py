@@ -55,13 +55,28 @@ def write_png(path: str, image: np.ndarray) -> None:
   atomic_write(path, lambda f: Image.fromarray(image).save(f, format='PNG'))
 
 
-def output_folder(workdir: str, name: str) -> str:
-  """workdir/<name>, created if needed; a ValueError naming the folder when it cannot be created or written."""
+def output_folder(workdir: str, name: str, create: bool = True) -> str:
+  """workdir/<name>, checked to be creatable and writable; a ValueError naming the folder when it is not.
+
+  With create=False the folders this check had to make are removed again, so a call refused later
+  leaves no empty output folder behind; the first atomic write (`atomic_write`) creates them.
+  """
   folder = os.path.join(workdir, name)
+  missing, path = [], os.path.abspath(folder)
+  while not os.path.exists(path) and path != os.path.dirname(path):
+    missing.append(path)  # deepest first
+    path = os.path.dirname(path)
   try:
     os.makedirs(folder, exist_ok=True)
   except OSError as e:
     raise ValueError(f'cannot create the output folder {folder}: {e}') from e
-  if not os.access(folder, os.W_OK):
+  writable = os.access(folder, os.W_OK)
+  if not create:
+    for path in missing:
+      try:
+        os.rmdir(path)
+      except OSError:  # another host's files arrived meanwhile
+        break
+  if not writable:
     raise ValueError(f'the output folder {folder} is not writable.')
   return folder

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional, Tuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pds_jax import ode, sde_lib
-from pds_jax.driver import NonFiniteSampleError, Sampler, ScoreFn, Solver, split
+from pds_jax import sde_lib
+from pds_jax.samplers import ode
+from pds_jax.samplers.driver import NonFiniteSampleError, Sampler, ScoreFn, Solver, split
 
 BITS_OFFSET_8BIT = 8.  # log2(256): density of [0, 1] data -> probability of 8-bit pixels
 
@@ -78,6 +80,12 @@ class LikelihoodSolver(Solver):
   x_init is the data (in the model's variable) at t = eps; `output` is the latent z = x(T) and
   `aux` holds log p_eps(x) = log p_T(z) + Δ log p per image (nats).
   """
+  hutchinson_type: str = eqx.field(static=True)
+  rtol: float = eqx.field(static=True)
+  atol: float = eqx.field(static=True)
+  method: str = eqx.field(static=True)
+  eps: float = eqx.field(static=True)
+  max_steps: int = eqx.field(static=True)
   name = 'likelihood'
 
   def __init__(self, sde: sde_lib.SDE, hutchinson_type: str = 'Rademacher', rtol: float = 1e-5,

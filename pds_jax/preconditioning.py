@@ -1,6 +1,6 @@
 """The PDS preconditioner M (Ma et al., "Preconditioned Score-based Generative Models", IJCV 2025).
 
-M is built from two data statistics (METHOD.md §2), both stored as HWC arrays here:
+M is built from two data statistics (docs/method.md §2), both stored as HWC arrays here:
   frequency statistic  f = log(1 + mean_i |F x_i|²)   (F: 2-D DFT over H, W per channel)
   space statistic      s = mean_i x_i²
 normalised with α ≥ 1 into masks  M_mask = α / (m̂ + α - 1),  m̂ = m / max(m), and applied as
@@ -137,7 +137,7 @@ def _validate_statistic(stat: np.ndarray, name: str, shape: Optional[Shape]) -> 
 
 def normalize_mask(stat: np.ndarray, alpha: float, name: str = 'mask',
                    shape: Optional[Shape] = None) -> np.ndarray:
-  """M_mask = α / (m̂ + α - 1) with m̂ = stat / max(stat), validated (METHOD.md §2)."""
+  """M_mask = α / (m̂ + α - 1) with m̂ = stat / max(stat), validated (docs/method.md §2)."""
   stat = _validate_statistic(stat, name, shape)
   if not np.isfinite(alpha) or alpha < 1:
     raise MaskError(f'{name}: alpha must be a finite number >= 1 (alpha -> inf is the vanilla sampler, '
@@ -210,3 +210,30 @@ def save_statistics(freq_stat: Optional[np.ndarray], space_stat: Optional[np.nda
     atomic_write(path, lambda f: np.save(f, chw))
     written.append(path)
   return written
+
+
+# ----------------------------------------------------------------------------- α(N)
+
+ALPHA_FEW_STEPS = 5.  # the official default α, kept where PDS pays (N = 10 … 25)
+ALPHA_STEPS_PER_UNIT = 5.  # α grows as N / 5 beyond
+ALPHA_VERY_FEW_STEPS = 500.  # and as 500 / N² below 10 steps, where α = 5 diverges
+
+
+def pds_alpha(num_steps: int) -> float:
+  """The default PDS mask strength for N sampler steps: α(N) = max(5, N / 5, 500 / N²).
+
+  The paper notes that strong preconditioning pays at few iterations and weak at many (α → ∞ is
+  the vanilla sampler). Measured on the exact 64² Gaussian (reverse_diffusion + langevin, official
+  variant, KL per dimension of 256 samples; `benchmarks/samplers.py --target resolution` checks
+  64², 256², 1024²): the best α was 5 at N = 10 (α ≤ 3 diverge), 3-5 at N = 20-33, 10 at N = 66-100,
+  and α = 5 lost to vanilla from N = 100 on (low-frequency variance bias), while α ≥ 10 never did.
+  Below 10 steps (`--target alpha_few`; also the 32² natural Gaussian) α = 5 loses to vanilla, by
+  59× in KL at N = 5, and the best α grows again: about 50 at N = 3, 20 at N = 5, 10 at N = 7.
+  max(5, N / 5, 500 / N²) follows those optima: the official α = 5 (and its 6-12× gain in KL at
+  N = 10-20) from 10 to 25 steps, stronger damping of the preconditioner below, and one that fades
+  towards the plain sampler (M → I) as N grows. Set `sampling.alpha` to a number for a constant α
+  (the official PDS code: 5).
+  """
+  if not num_steps >= 1:
+    raise ValueError(f'pds_alpha: the number of steps must be >= 1, got {num_steps}.')
+  return max(ALPHA_FEW_STEPS, num_steps / ALPHA_STEPS_PER_UNIT, ALPHA_VERY_FEW_STEPS / num_steps ** 2)

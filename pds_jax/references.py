@@ -64,7 +64,8 @@ class EvalImages:
   given, else the exact draws of the Gaussian reference, else config.data's `split` ('train' / 'eval').
   """
 
-  def __init__(self, config, split: str = 'eval', input_dir: Optional[str] = None):
+  def __init__(self, config, split: str = 'eval', input_dir: Optional[str] = None, empty_split_fix: str = ''):
+    """`empty_split_fix`: what to tell the user when config.data's `split` holds no images."""
     self.config, self.gaussian = config, is_gaussian_reference(config) and not input_dir
     if input_dir:
       files = datasets.image_files(os.path.expanduser(input_dir), '--input_dir')
@@ -76,14 +77,41 @@ class EvalImages:
     else:
       train, evaluation_split = datasets.get_sources(config)
       self.source = {'train': train, 'eval': evaluation_split}[split]
-      self.name = self.source.name
+      self.name = os.path.normpath(self.source.name)
       if not len(self.source):
-        raise ValueError(f'{self.name}: the {split} split holds no images.')
+        other = len(train) if split == 'eval' else len(evaluation_split)
+        why = (f' (index splits put image i in eval when i % {datasets.EVAL_EVERY} == {datasets.EVAL_EVERY - 1}, and '
+               f'the data set has {other} images)' if split == 'eval' and evaluation_split is not train else '')
+        raise ValueError(f'{self.name}: the {split} split holds no images{why}' + (f'; {empty_split_fix}' if
+                                                                                  empty_split_fix else '.'))
 
   @property
   def count(self) -> Optional[int]:
     """The number of distinct images (None: unlimited exact draws)."""
     return None if self.source is None else len(self.source)
+
+  def check(self, count: int) -> None:
+    """Decodes the first `count` images of a folder of files; one error listing every unreadable file."""
+    if not isinstance(self.source, datasets.FolderSource):
+      return
+    n, bad = min(count, len(self.source)), []
+    for i in range(n):
+      try:
+        self.source.read(np.array([i]))
+      except datasets.DatasetError as e:
+        bad.append(str(e).rstrip('.'))
+    if bad:
+      raise datasets.DatasetError(f'{self.name}: {len(bad)} of the {n} images cannot be read: {"; ".join(bad)}.')
+
+  def names(self, indices: np.ndarray) -> list:
+    """A name for each image of `indices`: its file path relative to the folder, else source[index]."""
+    indices = np.asarray(indices)
+    if self.gaussian:
+      return [f'exact draw {i}' for i in indices]
+    if isinstance(self.source, datasets.FolderSource):
+      root = os.path.commonpath([os.path.dirname(f) for f in self.source.files])
+      return [os.path.relpath(self.source.files[i % len(self.source)], root) for i in indices]
+    return [f'{self.name}[{i % len(self.source)}]' for i in indices]
 
   def read(self, indices: np.ndarray) -> np.ndarray:
     """Images `indices` (N,) as float32 (N, H, W, C)."""

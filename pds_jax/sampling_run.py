@@ -8,6 +8,7 @@ notebook use these, so they all sample the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable, Dict, Optional, Tuple
 
@@ -16,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from pds_jax import datasets, parallel as parallel_lib, preconditioning, sampling, sde_lib
+from pds_jax.samplers import methods
 from pds_jax.preconditioning import Preconditioner
 from pds_jax.references import (GAUSSIAN_REFERENCE, gaussian_reference, image_shape, in_model_range,
                                 is_gaussian_reference)
@@ -51,14 +53,28 @@ def validate_sampling_config(config) -> None:
   validate_eval_batch(config)
 
 
-def load_preconditioner(config) -> Preconditioner:
-  """The PDS preconditioner of `config.sampling` (identity when no mask path is set)."""
+def _masks(freq: Optional[np.ndarray], space: Optional[np.ndarray], shape, names) -> sampling.Masks:
+  """masks(α) -> Preconditioner of PDS statistics, checked now (before any compute) with α = 5."""
+  preconditioning.from_statistics(freq, space, preconditioning.ALPHA_FEW_STEPS, shape, names=names)
+  return functools.partial(_masks_at, freq, space, shape, names)
+
+
+def _masks_at(freq, space, shape, names, alpha: float) -> Preconditioner:
+  return preconditioning.from_statistics(freq, space, alpha, shape, names=names)
+
+
+def load_preconditioner(config) -> sampling.Masks:
+  """The PDS masks of `config.sampling` as masks(α) -> Preconditioner (α(N) is applied once the method's
+  N is known, `sampling.apply_masks`); None when no mask path is set (no PDS)."""
   s = config.sampling
-  return preconditioning.load(s.freq_mask_path, s.space_mask_path, sampling.resolve_alpha(config),
-                             shape=image_shape(config))
+  if not (s.freq_mask_path or s.space_mask_path):
+    return None
+  shape = image_shape(config)
+  stats = [preconditioning.read_statistic(p, shape) if p else None for p in (s.freq_mask_path, s.space_mask_path)]
+  return _masks(stats[0], stats[1], shape, (str(s.freq_mask_path), str(s.space_mask_path)))
 
 
-def compare_preconditioner(config) -> Preconditioner:
+def compare_preconditioner(config) -> sampling.Masks:
   """The PDS masks of `--mode compare`: the configured ones; for the Gaussian reference without mask
   files, the official statistics of 200 exact data draws (clipped to [0, 1] like images), as the
   official code uses 200 images."""
@@ -69,7 +85,16 @@ def compare_preconditioner(config) -> Preconditioner:
     raise ValueError('compare needs --freq_mask_path and/or --space_mask_path for a trained model.')
   data = np.asarray(gaussian_reference(config).sample(jax.random.PRNGKey(config.seed + 1), 200))
   freq, _ = preconditioning.compute_statistics(np.clip(data, 0, 1))
-  return preconditioning.from_statistics(freq, None, sampling.resolve_alpha(config), shape=image_shape(config))
+  return _masks(freq, None, image_shape(config), ('freq', 'space'))
+
+
+def load_init(config, workdir: Optional[str], shape) -> sampling.Init:
+  """(q_T, σ_T) of config.sampling.init from `store.init_folder(config, workdir)`, or None for the prior."""
+  kind = methods.resolve(config.sampling).init
+  if kind == methods.PRIOR:
+    return None
+  from pds_jax.init_aware import store  # reads the fitted q_T files (and their flows)
+  return store.load_init(store.init_folder(config, workdir or '.'), kind, tuple(shape[1:]))
 
 
 def get_score_fn(config, workdir: Optional[str], sde: sde_lib.SDE) -> Tuple[Callable, Dict]:
@@ -102,33 +127,36 @@ class SamplingRun:
   model_info: Dict
   shape: Tuple[int, ...]
   workdir: Optional[str]
+  init: sampling.Init = None
 
   @classmethod
   def build(cls, config, workdir: Optional[str], score: Optional[Tuple[Callable, Dict]] = None) -> 'SamplingRun':
-    """Validates config.sampling / config.eval, builds the SDE and the score function.
+    """Validates config.sampling / config.eval, builds the SDE and the score function, loads q_T.
 
-    The run's shape is (eval.batch_size, H, W, C).
+    The run's shape is (eval.batch_size, H, W, C). A fitted init (sampling.init) is read from
+    `store.init_folder(config, workdir)` here, the one place sampling reads the workdir.
 
     score: (score_fn, model info) of an earlier run of the same model and SDE, to skip restoring it again.
     """
     validate_sampling_config(config)
     sde, eps = sde_lib.get_sde(config)
+    shape = (config.eval.batch_size,) + image_shape(config)
+    init = load_init(config, workdir, shape)
     # The score function keeps the training SDE (N = num_scales): discrete models' labels depend on it.
     score_fn, info = score or get_score_fn(config, workdir, sde)
-    shape = (config.eval.batch_size,) + image_shape(config)
-    return cls(config, sde, eps, score_fn, info, shape, workdir)
+    return cls(config, sde, eps, score_fn, info, shape, workdir, init)
 
-  def sampler(self, preconditioner: Preconditioner) -> sampling.SamplingFn:
-    """The configured method (`sampling.get_sampling_fn`); any invalid setting fails here, before compute."""
+  def sampler(self, masks: sampling.Masks = None) -> sampling.SamplingFn:
+    """The configured method (`sampling.get_sampling_fn`) with PDS masks (`load_preconditioner`; None:
+    no PDS); any invalid setting fails here, before compute."""
     return sampling.get_sampling_fn(self.config, self.sde, self.shape, datasets.get_data_inverse_scaler(self.config),
-                                    self.eps, preconditioner, workdir=self.workdir,
+                                    self.eps, masks, init=self.init,
                                     **parallel_lib.sampler_devices(self.config.eval.parallel))
 
   def settings(self, sampler: sampling.SamplingFn) -> Dict:
     """The run's settings for run.json / report.json: the method's, the PDS masks', the model's."""
     s = self.config.sampling
-    return {**sampler.settings, 'alpha': sampling.resolve_alpha(self.config), 'alpha_rule': s.alpha is None,
-            'freq_mask_path': s.freq_mask_path,
+    return {**sampler.settings, 'freq_mask_path': s.freq_mask_path,
             'space_mask_path': s.space_mask_path, 'batch_size': self.config.eval.batch_size,
             'seed': self.config.seed, **self.model_info}
 

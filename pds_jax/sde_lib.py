@@ -4,14 +4,19 @@ Interface and float32 numerics follow score_sde's `sde_lib.py` (Song et al., ICL
 samples and scores match the original code: `T`, `N`, `sde(x, t)`, `marginal_prob(x, t)`,
 `prior_sampling(rng, shape)`, `prior_logp(z)`, `discretize(x, t)` and `reverse(score_fn,
 probability_flow)`. Arrays are NHWC batches; `t` is a (B,) vector. Every method is a pure JAX
-function of its arguments, so an SDE can be closed over inside `jax.jit`, `pmap` or `lax.scan`.
+function of its arguments.
+
+An SDE is a pytree (an `equinox.Module`, as diffrax's terms): its discrete schedules (the (N,)
+arrays `discrete_sigmas`, `discrete_betas`, …) are leaves and its settings (N, σ_min, β_0, …) are
+static, so an SDE passed to a jitted function is an argument, never a constant of the program:
+a sampler's compiled program does not grow with N.
 """
 from __future__ import annotations
 
 import abc
-import copy
 from typing import Callable, Optional, Tuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +26,9 @@ from pds_jax.utils import batch_mul
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-class SDE(abc.ABC):
+class SDE(eqx.Module):
   """A forward SDE dx = f(x, t) dt + g(t) dw on t in [0, T], discretised with N steps."""
+  N: int = eqx.field(static=True)
 
   def __init__(self, N: int):
     if int(N) != N or N < 1:
@@ -76,29 +82,6 @@ class SDE(abc.ABC):
   @abc.abstractmethod
   def edm_time(self, sigma: jax.Array) -> jax.Array:
     """The time t with edm_sigma(t) = σ (the inverse of `edm_sigma`)."""
-
-  # Names of the (N,) arrays of the discretisation (e.g. VESDE.discrete_sigmas): `tables` / `with_tables`.
-  TABLES: Tuple[str, ...] = ()
-
-  def tables(self) -> dict:
-    """The SDE's (N,) discrete schedules by name, for a jitted program to take as arguments."""
-    return {name: getattr(self, name) for name in self.TABLES}
-
-  def with_tables(self, tables: dict) -> 'SDE':
-    """A shallow copy reading `tables` (e.g. traced jit arguments) in place of its own (N,) arrays.
-
-    Closed-over (N,) arrays would be folded into a jitted program as constants, so a program
-    stepping N times would grow with N; given as arguments, it does not.
-    """
-    if not tables:
-      return self
-    unknown = set(tables) - set(self.TABLES)
-    if unknown:
-      raise ValueError(f'{type(self).__name__}.with_tables: unknown tables {sorted(unknown)}; has {self.TABLES}.')
-    sde = copy.copy(self)
-    for name, value in tables.items():
-      setattr(sde, name, value)
-    return sde
 
   def discretize(self, x: jax.Array, t: jax.Array) -> Tuple[jax.Array, jax.Array]:
     """Euler–Maruyama discretisation x_{i+1} = x_i + f_i(x_i) + G_i z_i; returns (f, G)."""
@@ -161,7 +144,13 @@ def _standard_normal_logp(z: jax.Array, var: float = 1.) -> jax.Array:
 
 class _BetaSDE(SDE):
   """Shared parts of the VP and sub-VP SDEs: linear β(t), the DDPM discrete betas, a N(0, I) prior."""
-  TABLES = ('discrete_betas', 'alphas', 'alphas_cumprod', 'sqrt_alphas_cumprod', 'sqrt_1m_alphas_cumprod')
+  beta_0: float = eqx.field(static=True)
+  beta_1: float = eqx.field(static=True)
+  discrete_betas: jax.Array
+  alphas: jax.Array
+  alphas_cumprod: jax.Array
+  sqrt_alphas_cumprod: jax.Array
+  sqrt_1m_alphas_cumprod: jax.Array
 
   def __init__(self, beta_min: float = 0.1, beta_max: float = 20., N: int = 1000):
     super().__init__(N)
@@ -265,7 +254,9 @@ class subVPSDE(_BetaSDE):
 
 class VESDE(SDE):
   """Variance-exploding SDE (continuous SMLD/NCSN): σ(t) = σ_min (σ_max / σ_min)^t."""
-  TABLES = ('discrete_sigmas',)
+  sigma_min: float = eqx.field(static=True)
+  sigma_max: float = eqx.field(static=True)
+  discrete_sigmas: jax.Array
 
   def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50., N: int = 1000):
     super().__init__(N)

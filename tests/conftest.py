@@ -1,10 +1,24 @@
 """Shared test setup: a persistent JAX compilation cache, the shared fixtures, and a private temp folder.
 
-Every temporary file of the session — tempfile in this process and in the subprocesses the tests
-start (main.py runs, notebooks, benchmarks: they inherit TMPDIR) — goes under pytest's own temporary
-folder, which pytest cleans. Under CI (CI=true) the session fails if the system temp folder gained
-an entry anyway.
+The session's own temp root: every temporary file of the session — tempfile in this process and in
+the subprocesses the tests start (main.py runs, notebooks, benchmarks: they inherit TMPDIR) — goes
+under a folder in pytest's basetemp, which pytest cleans.
+
+The /tmp hygiene check (under CI=true) attributes entries to the session instead of diffing /tmp.
+The system temp folder is shared with every other job on the machine, so "/tmp gained an entry
+during the session" says nothing about this session: a fresh-clone run with 610 passes failed on
+other jobs' files (issue 22, point 10). So every Python process of the session records what it
+itself creates in the system temp folder outside the session's roots: this process through a
+PEP 578 audit hook (`tests/tmp_audit/tmp_audit.py`: `open` with O_CREAT, `os.mkdir`, the targets of
+`os.rename` / `os.replace` / `os.symlink` / `os.link`), the subprocesses through the same hook,
+loaded by `tests/tmp_audit/sitecustomize.py` on their PYTHONPATH. The session fails only on the
+recorded paths that still exist at its end. Why not the alternatives: name patterns cannot tell
+our `tmpXXXXXXXX` from another job's; a fixed --basetemp outside /tmp is wiped at the start of each
+session, and several sessions share this tree; and a private mount namespace needs privileges. What
+it misses: files that non-Python code (XLA's C++ runtime) creates directly — the session starts no
+other programs, and JAX's caches are configured into the repository.
 """
+import importlib.util
 import os
 import pathlib
 import tempfile
@@ -15,29 +29,55 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / 'shared' / 'fixtures'
 SYSTEM_TMP = pathlib.Path(tempfile.gettempdir())
+AUDIT_DIR = pathlib.Path(__file__).resolve().parent / 'tmp_audit'
+_spec = importlib.util.spec_from_file_location('tmp_audit', AUDIT_DIR / 'tmp_audit.py')
+tmp_audit = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tmp_audit)
 
 jax.config.update('jax_compilation_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache')))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
+def basetemp_entry(basetemp: pathlib.Path) -> pathlib.Path:
+  """The entry of the system temp folder that holds pytest's basetemp (pytest-of-<user>), or basetemp itself."""
+  for path in (basetemp, *basetemp.parents):
+    if path.parent == SYSTEM_TMP:
+      return path
+  return basetemp
+
+
+def audit_environment(log: pathlib.Path, exclude) -> dict:
+  """The environment variables that make a Python subprocess record its escapes into the system temp folder."""
+  python_path = os.pathsep.join(p for p in (str(AUDIT_DIR), os.environ.get('PYTHONPATH', '')) if p)
+  return {tmp_audit.LOG: str(log), tmp_audit.SYSTEM_TMP: str(SYSTEM_TMP),
+          tmp_audit.EXCLUDE: os.pathsep.join(str(e) for e in exclude), 'PYTHONPATH': python_path}
+
+
 @pytest.fixture(scope='session', autouse=True)
 def private_temp_folder(tmp_path_factory):
-  """Points TMPDIR (and tempfile) at a session folder under pytest's basetemp; checks /tmp under CI."""
-  before = set(os.listdir(SYSTEM_TMP))
+  """Points TMPDIR (and tempfile) at a session folder under pytest's basetemp; under CI, records and checks
+  what the session's processes create in the system temp folder outside it (see the module docstring)."""
   folder = tmp_path_factory.mktemp('tmpdir')
-  old_env, old_tempdir = os.environ.get('TMPDIR'), tempfile.tempdir
+  audit = os.environ.get('CI') == 'true'
+  saved = {name: os.environ.get(name) for name in ('TMPDIR', 'PYTHONPATH', tmp_audit.LOG, tmp_audit.SYSTEM_TMP,
+                                                    tmp_audit.EXCLUDE)}
+  old_tempdir = tempfile.tempdir
   os.environ['TMPDIR'], tempfile.tempdir = str(folder), str(folder)
+  log = tmp_path_factory.getbasetemp() / 'tmp_audit.log'
+  if audit:
+    exclude = (folder, basetemp_entry(tmp_path_factory.getbasetemp()))
+    os.environ.update(audit_environment(log, exclude))
+    tmp_audit.install(str(log), str(SYSTEM_TMP), [str(e) for e in exclude])
   yield folder
   tempfile.tempdir = old_tempdir
-  if old_env is None:
-    del os.environ['TMPDIR']
-  else:
-    os.environ['TMPDIR'] = old_env
-  basetemp = tmp_path_factory.getbasetemp()
-  new = sorted(name for name in set(os.listdir(SYSTEM_TMP)) - before
-               if not (SYSTEM_TMP / name) in (basetemp, *basetemp.parents))
-  if new and os.environ.get('CI') == 'true':
-    pytest.fail(f'the test session left new entries in {SYSTEM_TMP}: {new[:20]}')
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+  left = tmp_audit.escapes(str(log))
+  if left and audit:
+    pytest.fail(f'the test session left files it created in {SYSTEM_TMP}, outside its temp root: {left[:20]}')
 
 
 @pytest.fixture

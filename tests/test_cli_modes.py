@@ -51,7 +51,7 @@ def test_stats_on_an_empty_folder_names_it(tmp_path):
   assert proc.returncode == 2 and str(tmp_path / 'empty') in proc.stderr
 
 
-def test_eval_scores_several_runs_and_plots_metric_vs_steps(tmp_path):
+def test_eval_scores_several_runs_and_plots_metric_vs_nfe(tmp_path):
   for k in (100, 25):
     _main(*GAUSSIAN_16, '--mode=sample', f'--workdir={tmp_path}', f'--speed_up={k}', f'--eval_folder=run_{k}')
   _main(*GAUSSIAN_16, '--mode=eval', f'--workdir={tmp_path}', '--config.eval.kid_subsets=10',
@@ -65,7 +65,7 @@ def test_eval_scores_several_runs_and_plots_metric_vs_steps(tmp_path):
   # more steps are closer to the exact target on the exact metric
   assert many['metrics']['exact_gaussian']['frechet_distance'] < few['metrics']['exact_gaussian']['frechet_distance']
   for name in ('swd_avg', 'fd_features', 'kid'):
-    assert (tmp_path / 'eval' / f'{name}_vs_steps.png').stat().st_size > 1000
+    assert (tmp_path / 'eval' / f'{name}_vs_nfe.png').stat().st_size > 1000
 
 
 def test_eval_refuses_a_folder_without_samples(tmp_path):

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from pds_jax import controllable_generation as cg
 from pds_jax import gaussian, preconditioning, sampling, sde_lib
-from pds_jax.driver import NonFiniteSampleError, sample_keys
+from pds_jax.samplers.driver import NonFiniteSampleError, sample_keys
 from pds_jax.preconditioning import Preconditioner
 from pds_jax.utils import batch_mul
 

@@ -1,4 +1,4 @@
-"""Tests for pds_jax.driver (the one sampling driver) and `sampling.get_sampling_fn`'s dispatch:
+"""Tests for pds_jax.samplers.driver (the one sampling driver) and `sampling.get_sampling_fn`'s dispatch:
 every method gets chunked runs, snapshots, NaN detection with the step, per-sample keys, device
 independence and the same NFE accounting."""
 import os
@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from pds_jax import dpm_solver, edm, gaussian, ode, sampling, sde_lib
-from pds_jax.driver import NonFiniteSampleError, Sampler
+from pds_jax import gaussian, sampling, sampling_run, sde_lib
+from pds_jax.samplers import dpm_solver, edm, grid, ode
+from pds_jax.samplers.driver import NonFiniteSampleError, Sampler
 from pds_jax.init_aware import inits, store
 from pds_jax.preconditioning import Preconditioner
 
 SHAPE = (4, 8, 8, 2)
 REF = gaussian.GaussianReference.power_law(SHAPE[1:], mean=0.3, pixel_std=0.5)
 SDE = sde_lib.VESDE(0.01, 10., 12)
-GRID = edm.karras_sigmas(10., float(SDE.edm_sigma(np.float64(1e-5))), 6, 7.)
+GRID = grid.karras_sigmas(10., float(SDE.edm_sigma(np.float64(1e-5))), 6, 7.)
 
 
 def _solvers():
@@ -75,7 +76,7 @@ def _lowered_scan_text(solver, pre):
     lambda n: sampling.PCSolver(SDE.with_num_scales(n), eps=1e-5),
     lambda n: sampling.PCSolver(sde_lib.VPSDE(0.1, 20., n), 'ancestral_sampling', 'langevin', eps=1e-3),
     lambda n: sampling.PCSolver(SDE.with_num_scales(n), eps=1e-5, t_start=0.6),
-    lambda n: dpm_solver.DPMSolverPP(SDE, edm.karras_sigmas(10., 0.01, n, 7., append_zero=True), 2),
+    lambda n: dpm_solver.DPMSolverPP(SDE, grid.karras_sigmas(10., 0.01, n, 7., append_zero=True), 2),
 ], ids=['pc_ve', 'pc_vp_ancestral', 'pc_truncated', 'dpm_solver++'])
 def test_the_lowered_scan_does_not_grow_with_the_number_of_steps(make):
   """The per-step arrays (time grid, discrete σ / β, σ grid) are jit arguments, not constants: N enters
@@ -96,7 +97,7 @@ def test_pc_time_grid_table_is_the_in_graph_linspace_bit_for_bit(num_steps, eps,
   T, run_eps, n = solver.run_sde.T, solver.run_eps, solver.run_sde.N
   body = lambda c, i: (c, jnp.linspace(T, run_eps, n)[i])  # score_sde's step, in a jitted scan
   in_graph = jax.jit(lambda: jax.lax.scan(body, 0, jnp.arange(n))[1])()
-  np.testing.assert_array_equal(np.asarray(solver.tables()['t']), np.asarray(in_graph))
+  np.testing.assert_array_equal(np.asarray(solver.time_grid), np.asarray(in_graph))
 
 
 def test_pc_per_sample_keys_make_a_sample_independent_of_its_batch_for_every_noise_draw():
@@ -112,7 +113,7 @@ def test_an_init_is_drawn_per_sample_at_sigma_t_and_mapped_to_the_sde_variable()
   vp = sde_lib.VPSDE(N=12)
   init = inits.SpectralGaussianInit.from_images(np.asarray(REF.sample(jax.random.PRNGKey(0), 200)), 1.5)
   t_start = float(vp.edm_time(np.float64(1.5)))
-  solver = edm.HeunSolver(vp, edm.karras_sigmas(1.5, 0.05, 4, 7., append_zero=False))
+  solver = edm.HeunSolver(vp, grid.karras_sigmas(1.5, 0.05, 4, 7., append_zero=False))
   assert solver.t_start == pytest.approx(t_start)
   keys = sampling.sample_keys(1, 0, 4)
   seen = []
@@ -137,7 +138,7 @@ def test_every_method_gives_the_same_samples_on_one_and_four_devices(tmp_path):
       import jax, numpy as np
       import test_driver as T
       from pds_jax import parallel, sampling
-      from pds_jax.driver import Sampler
+      from pds_jax.samplers.driver import Sampler
       assert jax.local_device_count() == 4
       keys = sampling.sample_keys(5, 8, 8)
       out = {}
@@ -179,7 +180,8 @@ def _config(method, **sampling_fields):
 
 def _build(config, preconditioner=None, workdir=None, batch=4):
   sde, eps = sde_lib.get_sde(config)
-  return sampling.get_sampling_fn(config, sde, (batch, 8, 8, 3), lambda x: x, eps, preconditioner, workdir=workdir)
+  init = sampling_run.load_init(config, workdir, (batch, 8, 8, 3))
+  return sampling.get_sampling_fn(config, sde, (batch, 8, 8, 3), lambda x: x, eps, preconditioner, init=init)
 
 
 @pytest.mark.parametrize('method, fields, nfe', [

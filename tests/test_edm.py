@@ -1,9 +1,9 @@
-"""Tests for pds_jax.edm and pds_jax.dpm_solver: σ grids, denoisers, the σ-grid methods, the PC method from σ_T.
+"""Tests for pds_jax.samplers.grid, .edm and .dpm_solver: σ grids, denoisers, the σ-grid methods, the PC method from σ_T.
 
 References are closed forms of the exact Gaussian data N(μ, Σ) (pds_jax.gaussian): per Fourier
 mode k (variance λ_k), the probability-flow ODE maps x̃ - μ at σ_s to sqrt((λ + σ²) / (λ + σ_s²)) (x̃ - μ)
 at σ (METHOD.md §6), the denoiser is μ + λ / (λ + σ²) (x̃ - μ), and an ancestral step is a linear
-Gaussian recursion. Every σ-grid method runs through the driver (`pds_jax.driver.Sampler`).
+Gaussian recursion. Every σ-grid method runs through the driver (`pds_jax.samplers.driver.Sampler`).
 """
 
 import jax
@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pds_jax import dpm_solver, edm, gaussian, sampling, sde_lib
-from pds_jax.driver import Sampler
+from pds_jax import gaussian, sampling, sde_lib
+from pds_jax.samplers import dpm_solver, edm, grid
+from pds_jax.samplers.driver import Sampler
 from pds_jax.preconditioning import Preconditioner
 
 SHAPE = (4, 4, 1)
@@ -66,19 +67,19 @@ def _solver(name, sde, sigmas, order=2):
 
 
 def test_karras_sigmas_follow_the_edm_formula():
-  s = edm.karras_sigmas(80., 0.002, 18, 7.)
+  s = grid.karras_sigmas(80., 0.002, 18, 7.)
   i = np.arange(18)
   want = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
   np.testing.assert_allclose(s[:-1], want, rtol=1e-14)
   assert s[-1] == 0 and len(s) == 19 and s[0] == pytest.approx(80.) and s[-2] == pytest.approx(0.002)
-  assert len(edm.karras_sigmas(80., 0.002, 18, append_zero=False)) == 18
+  assert len(grid.karras_sigmas(80., 0.002, 18, append_zero=False)) == 18
   assert np.all(np.diff(s) < 0)
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.floats(0.01, 100.), st.floats(1.01, 1e4), st.integers(2, 50), st.floats(0.5, 10.))
 def test_karras_sigmas_decrease_from_sigma_max_to_sigma_min(sigma_min, ratio, n, rho):
-  s = edm.karras_sigmas(sigma_min * ratio, sigma_min, n, rho, append_zero=False)
+  s = grid.karras_sigmas(sigma_min * ratio, sigma_min, n, rho, append_zero=False)
   assert s.shape == (n,) and s.dtype == np.float64 and np.all(np.diff(s) < 0)
   np.testing.assert_allclose([s[0], s[-1]], [sigma_min * ratio, sigma_min], rtol=1e-8)
 
@@ -86,22 +87,22 @@ def test_karras_sigmas_decrease_from_sigma_max_to_sigma_min(sigma_min, ratio, n,
 @pytest.mark.parametrize('args', [(1., 2., 10), (0., 1., 10), (2., 1., 1), (2., 1., 10, 0.)])
 def test_karras_sigmas_reject_bad_settings(args):
   with pytest.raises(ValueError, match='karras_sigmas'):
-    edm.karras_sigmas(*args)
+    grid.karras_sigmas(*args)
 
 
 def test_truncate_sigmas_starts_at_sigma_t_or_at_the_official_node():
-  grid = edm.karras_sigmas(3., 2e-4, 40, 2., append_zero=False)
-  ours = edm.truncate_sigmas(grid, 1.0)
+  sigmas = grid.karras_sigmas(3., 2e-4, 40, 2., append_zero=False)
+  ours = grid.truncate_sigmas(sigmas, 1.0)
   assert ours[0] == 1.0 and np.all(ours[1:] < 1.0) and ours[-1] == pytest.approx(2e-4)
-  np.testing.assert_array_equal(ours[1:], grid[grid < 1.0])
-  official = edm.truncate_sigmas(grid, 1.0, start_at_sigma_t=False)
-  np.testing.assert_array_equal(official, np.sort(grid)[np.sort(grid) <= 1.0][::-1])
+  np.testing.assert_array_equal(ours[1:], sigmas[sigmas < 1.0])
+  official = grid.truncate_sigmas(sigmas, 1.0, start_at_sigma_t=False)
+  np.testing.assert_array_equal(official, np.sort(sigmas)[np.sort(sigmas) <= 1.0][::-1])
   with pytest.raises(ValueError, match='sigma_T = 0.0001 must exceed the smallest positive node'):
-    edm.truncate_sigmas(grid, 1e-4)
+    grid.truncate_sigmas(sigmas, 1e-4)
   with pytest.raises(ValueError, match='sigma_T = 0.0002 must exceed'):
-    edm.truncate_sigmas(grid, 2e-4)
+    grid.truncate_sigmas(sigmas, 2e-4)
   with pytest.raises(ValueError, match='strictly decreasing'):
-    edm.truncate_sigmas(grid[::-1], 1.0)
+    grid.truncate_sigmas(sigmas[::-1], 1.0)
 
 
 @pytest.mark.parametrize('sde', SDES, ids=SDE_IDS)
@@ -135,14 +136,14 @@ def test_ve_vp_and_subvp_denoisers_agree_with_the_exact_posterior_mean():
   sigma = jnp.array([0.05, 0.3, 1., 4., 20.])
   want = _exact_denoiser(x, sigma)
   for sde in SDES:
-    got = edm.denoiser_from_score(REF.score_fn(sde), sde)(x, sigma)
+    got = grid.denoiser_from_score(REF.score_fn(sde), sde)(x, sigma)
     # Relative to ‖x - μ‖: D = x + σ² s cancels in float32 at large σ.
     err = jnp.linalg.norm((got - want).reshape(5, -1), axis=1) / jnp.linalg.norm((x - REF.mean).reshape(5, -1), axis=1)
     assert float(err.max()) < 2e-5, (type(sde).__name__, err)
 
 
 def test_denoiser_takes_a_scalar_sigma():
-  den = edm.denoiser_from_score(REF.score_fn(VE), VE)
+  den = grid.denoiser_from_score(REF.score_fn(VE), VE)
   x = _x_t(1., n=3)
   np.testing.assert_array_equal(den(x, 1.), den(x, jnp.ones(3)))
 
@@ -194,7 +195,7 @@ def test_ve_and_vp_models_of_the_same_data_give_the_same_samples(name):
 
 @pytest.mark.parametrize('name', ['euler', 'heun', 'ancestral', 'dpm_solver', 'dpm_solver++'])
 def test_the_step_to_sigma_zero_is_the_denoiser(name):
-  sigmas = edm.karras_sigmas(2., 0.01, 6, 7.)
+  sigmas = grid.karras_sigmas(2., 0.01, 6, 7.)
   x_t = _x_t(2.)
   out, nfe = _run(_solver(name, VE, sigmas), x_t)
   before, nfe_before = _run(_solver(name, VE, sigmas[:-1]), x_t)
@@ -204,12 +205,19 @@ def test_the_step_to_sigma_zero_is_the_denoiser(name):
 
 
 def test_dpm_solver_pp_multistep_uses_lower_orders_at_the_start_and_end():
-  few = dpm_solver.DPMSolverPP(VE, edm.karras_sigmas(2., 0.01, 8, 7.), order=3)
-  assert list(few.orders) == [1, 2, 3, 3, 3, 2, 1, 1]  # 7 steps to σ_min (< 10: lower_order_final), then 0
-  many = dpm_solver.DPMSolverPP(VE, edm.karras_sigmas(2., 0.01, 12, 7.), order=2)
+  sigmas = grid.karras_sigmas(2., 0.01, 8, 7.)  # 7 steps to σ_min, then the first-order step to 0
+  assert list(dpm_solver.DPMSolverPP(VE, sigmas, order=3).orders) == [1, 2, 3, 3, 3, 3, 3, 1]
+  # the official lower_order_final (< 10 steps) counts the step to 0: never two first-order steps in a row
+  few = dpm_solver.DPMSolverPP(VE, sigmas, order=3, lower_order_final=True)
+  assert list(few.orders) == [1, 2, 3, 3, 3, 3, 2, 1]
+  assert list(dpm_solver.DPMSolverPP(VE, sigmas[:-1], order=3, lower_order_final=True).orders) == [1, 2, 3, 3, 3, 2, 1]
+  for n in range(3, 12):
+    orders = dpm_solver.DPMSolverPP(VE, grid.karras_sigmas(2., 0.01, n, 7.), order=2, lower_order_final=True).orders
+    assert not any(a == b == 1 for a, b in zip(orders[1:], orders[2:])), orders
+  many = dpm_solver.DPMSolverPP(VE, grid.karras_sigmas(2., 0.01, 12, 7.), order=2, lower_order_final=True)
   assert list(many.orders) == [1] + [2] * 10 + [1]
   with pytest.raises(ValueError, match='solver_order = 4'):
-    dpm_solver.DPMSolverPP(VE, edm.karras_sigmas(2., 0.01, 8, 7.), order=4)
+    dpm_solver.DPMSolverPP(VE, grid.karras_sigmas(2., 0.01, 8, 7.), order=4)
 
 
 # ----------------------------------------------------------------------------- the ancestral step
@@ -228,13 +236,13 @@ def _ancestral_variances(sigmas, lam):
 def test_ancestral_chain_reaches_the_target_as_steps_grow():
   lam = np.asarray(REF.spectrum, np.float64)
   steps = np.array([5, 10, 20, 40, 80, 160])
-  errors = [np.abs(np.log(_ancestral_variances(edm.karras_sigmas(3., 2e-3, n, 2.), lam) / lam)).max() for n in steps]
+  errors = [np.abs(np.log(_ancestral_variances(grid.karras_sigmas(3., 2e-3, n, 2.), lam) / lam)).max() for n in steps]
   assert np.all(np.diff(errors) < 0) and errors[-1] < 0.06, errors
   assert -1.3 < _slope(steps[2:], errors[2:]) < -0.8, errors  # first order in the number of steps
 
 
 def test_ancestral_sampler_has_the_exact_output_law():
-  sigmas = edm.karras_sigmas(3., 2e-3, 12, 2.)
+  sigmas = grid.karras_sigmas(3., 2e-3, 12, 2.)
   n = 4000
   out, nfe = _run(edm.AncestralSolver(VE, sigmas), _x_t(3., n=n, seed=3), rng=jax.random.PRNGKey(4))
   assert nfe == 12
@@ -253,7 +261,7 @@ def _ancestral_reference(x, sigmas, keys, k2=1., k1=1.):
   sigmas = jnp.asarray(sigmas, jnp.float32)
   for i in range(len(sigmas) - 1):
     s, s_next = sigmas[i], sigmas[i + 1]
-    denoised = edm.denoiser_from_score(REF.score_fn(VE), VE)(x, s)
+    denoised = grid.denoiser_from_score(REF.score_fn(VE), VE)(x, s)
     keys, step_keys = sampling.split(keys)
     r = s_next ** 2 / s ** 2
     z = sampling.normal(step_keys, x.shape)
@@ -263,7 +271,7 @@ def _ancestral_reference(x, sigmas, keys, k2=1., k1=1.):
 
 def test_ancestral_pds_preconditions_the_update_and_identity_is_bit_for_bit_plain():
   c = 1.3  # M = c I through the frequency mask: K = c² I, M z = c z
-  sigmas = edm.karras_sigmas(2., 0.01, 6, 7., append_zero=False)
+  sigmas = grid.karras_sigmas(2., 0.01, 6, 7., append_zero=False)
   x_t, keys = _x_t(2.), sampling.sample_keys(0, 0, 8)
   plain, _ = _run(edm.AncestralSolver(VE, sigmas), x_t, keys)
   identity, _ = _run(edm.AncestralSolver(VE, sigmas), x_t, keys, Preconditioner())
@@ -279,11 +287,11 @@ def test_ancestral_pds_preconditions_the_update_and_identity_is_bit_for_bit_plai
 def test_deterministic_solvers_refuse_pds_masks(name):
   precond = Preconditioner(freq_mask=jnp.full(SHAPE, 1.3, jnp.float32))
   with pytest.raises(ValueError, match='deterministic ODE solver.*flow'):
-    _run(_solver(name, VE, edm.karras_sigmas(2., 0.01, 6, 7.)), _x_t(2.), precond=precond)
+    _run(_solver(name, VE, grid.karras_sigmas(2., 0.01, 6, 7.)), _x_t(2.), precond=precond)
 
 
 def test_ancestral_per_sample_keys_make_items_independent_of_the_batch():
-  sigmas = edm.karras_sigmas(2., 0.01, 6, 2.)
+  sigmas = grid.karras_sigmas(2., 0.01, 6, 2.)
   x_t = _x_t(2., n=4)
   keys = sampling.sample_keys(0, 0, 4)
   full, _ = _run(edm.AncestralSolver(VE, sigmas), x_t, keys)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pds_jax import gaussian, likelihood, sde_lib
-from pds_jax.driver import NonFiniteSampleError, sample_keys
+from pds_jax.samplers.driver import NonFiniteSampleError, sample_keys
 
 REF_32 = gaussian.GaussianReference.power_law((32, 32, 3), mean=0.45, pixel_std=0.25)  # configs/gaussian/natural_32
 REF_8 = gaussian.GaussianReference.power_law((8, 8, 3), mean=0.45, pixel_std=0.25)

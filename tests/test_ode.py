@@ -1,4 +1,4 @@
-"""Tests for pds_jax.ode: score_sde's probability-flow ODE sampler solved with diffrax.
+"""Tests for pds_jax.samplers.ode: score_sde's probability-flow ODE sampler solved with diffrax.
 
 Reference: on the exact Gaussian data the PF-ODE's flow map is known per Fourier coefficient,
 U(x_t - m_t μ) = sqrt(v(t) / v(s)) U(x_s - m_s μ) with v = m² λ + σ² (METHOD.md §6).
@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pds_jax import gaussian, ode, sde_lib
-from pds_jax.driver import NonFiniteSampleError, Sampler
+from pds_jax import gaussian, sde_lib
+from pds_jax.samplers import ode
+from pds_jax.samplers.driver import NonFiniteSampleError, Sampler
 from pds_jax.preconditioning import Preconditioner
 
 SHAPE = (8, 8, 2)

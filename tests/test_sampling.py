@@ -24,7 +24,7 @@ def _reference_pc(rng, score_fn, sde, shape, predictor, corrector, snr, n_steps,
   return _reference_run(rng, score_fn, sde, tuple(shape), predictor, corrector, snr, n_steps, eps, denoise)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7, 8, 9))
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8, 9))  # the SDE is a pytree argument
 def _reference_run(rng, score_fn, sde, shape, predictor, corrector, snr, n_steps, eps, denoise):
   def alpha_of(t):
     if isinstance(sde, (sde_lib.VPSDE, sde_lib.subVPSDE)):
@@ -203,11 +203,11 @@ def test_speed_up_follows_official_pds(sde_name, base_eps):
   config = _config(speed_up=3, num_scales=1000, sde=sde_name)
   sde, eps = sde_lib.get_sde(config)
   assert eps == base_eps and sde.N == 1000
-  fast, fast_eps = sampling.pds_schedule(config, sde, eps)
+  fast, fast_eps = sampling.speed_up_schedule(sde, eps, config.sampling.speed_up)
   assert fast.N == 333 and fast_eps == pytest.approx(3 * base_eps)
   for bad in (0, -1, 1001):
     with pytest.raises(ValueError, match='speed_up'):
-      sampling.pds_schedule(_config(speed_up=bad), sde, eps)
+      sampling.speed_up_schedule(sde, eps, bad)
 
 
 def test_get_sampling_fn_matches_pc_sample():
@@ -304,15 +304,20 @@ def test_default_alpha_follows_the_number_of_steps():
   assert sampling.pds_alpha(5) == 20. and sampling.pds_alpha(1) == 500. and sampling.pds_alpha(7) == 500. / 49.
   with pytest.raises(ValueError, match='must be >= 1'):
     sampling.pds_alpha(0)
+  # α(N) is applied once, to masks(α), with the N of the method get_sampling_fn built
   config = _config(speed_up=20, num_scales=1000)  # N = 50
   config.sampling.alpha = None
-  assert sampling.resolve_alpha(config) == 10.
+  sde, eps = sde_lib.get_sde(config)
+  seen = []
+  masks = lambda alpha: seen.append(alpha) or preconditioning.Preconditioner(freq_mask=jnp.ones((8, 8, 3)))
+  alpha = lambda: sampling.get_sampling_fn(config, sde, (2, 8, 8, 3), lambda x: x, eps, masks).settings['alpha']
+  assert alpha() == 10. and seen == [10.]
   config.sampling.num_steps = 300
-  assert sampling.resolve_alpha(config) == 60.
+  assert alpha() == 60.
   config.sampling.alpha = 5.
-  assert sampling.resolve_alpha(config) == 5.  # a number is the official constant α
+  assert alpha() == 5.  # a number is the official constant α
   config.sampling.alpha, config.sampling.method, config.sampling.num_steps = None, 'ancestral', None
-  assert sampling.resolve_alpha(config) == pytest.approx(sampling.DEFAULT_NUM_STEPS['ancestral'] / 5.)
+  assert alpha() == pytest.approx(sampling.get_method('ancestral').default_steps / 5.)
 
 
 def test_corrector_only_pds_leaves_the_predictor_and_the_prior_plain():

@@ -120,3 +120,25 @@ def score_init(config, kind: str, init: inits.InitDistribution, val_x0: np.ndarr
     sw = float(ia_metrics.sliced_wasserstein(draws, val_noised.reshape(num_val, -1), rng))
     scores[name] = {'val_nll_per_dim': nll, 'sliced_wasserstein': sw}
   return scores
+
+
+def beats_baseline(fit_scores: Dict[str, float], baseline_scores: Dict[str, float]) -> Dict[str, bool]:
+  """Whether the fitted init is better than N(0, σ_T² I) on each held-out score of `score_init` (lower is better)."""
+  return {name: bool(fit_scores[name] < baseline_scores[name]) for name in ('val_nll_per_dim', 'sliced_wasserstein')}
+
+
+def baseline_verdict(kind: str, fit_scores: Dict[str, float], baseline_scores: Dict[str, float]) -> str:
+  """One line saying whether the fit beats N(0, σ_T² I) on held-out NLL and sliced W2, with the differences."""
+  if kind == 'gaussian':
+    return 'the gaussian init is N(0, sigma_T^2 I) itself: nothing to beat'
+  nll = fit_scores['val_nll_per_dim'] - baseline_scores['val_nll_per_dim']
+  sw = fit_scores['sliced_wasserstein'] - baseline_scores['sliced_wasserstein']
+  wins = beats_baseline(fit_scores, baseline_scores)
+  nll_text, sw_text = f'validation NLL ({nll:+.4g} nats/dim)', f'sliced W2 ({sw:+.4g})'
+  base = 'the fit {} its baseline N(0, sigma_T^2 I) on '
+  if all(wins.values()):
+    return base.format('beats') + f'both {nll_text} and {sw_text}'
+  if not any(wins.values()):
+    return base.format('does NOT beat') + f'either {nll_text} or {sw_text}'
+  won, lost = (nll_text, sw_text) if wins['val_nll_per_dim'] else (sw_text, nll_text)
+  return base.format('beats') + f'{won} but not on {lost}'

@@ -1,4 +1,4 @@
-"""Maximum-likelihood fitting of a flow q_θ ≈ p_T and its checkpoint format (METHOD.md §5).
+"""Maximum-likelihood fitting of a flow q_θ ≈ p_T and its checkpoint format (docs/method.md §8).
 
 Fassina et al. fit the init by
   min_θ  −E_{x_0, ε} log q_θ(x_0 + σ_T ε)   (= KL(p_T ‖ q_θ) + const),

@@ -1,4 +1,4 @@
-"""Affine coupling flow on vectors: the learned init q_T ≈ p_T of the toy experiments (METHOD.md §5).
+"""Affine coupling flow on vectors: the learned init q_T ≈ p_T of the toy experiments (docs/method.md §8).
 
 The flow of Fassina et al.'s toys (flowjax `coupling_flow`, RealNVP, Dinh et al. 2017): in the
 density direction x → w each of `flow_layers` layers is an affine coupling followed by a fixed

@@ -1,4 +1,4 @@
-"""Initial distributions q_T ≈ p_T = p_data * N(0, σ_T² I) for samplers started at σ_T (METHOD.md §5).
+"""Initial distributions q_T ≈ p_T = p_data * N(0, σ_T² I) for samplers started at σ_T (docs/method.md §8).
 
 Every init is a small pytree with the `InitDistribution` protocol:
   sample(rng, n) -> x (n, *event_shape)        n draws of q_T
@@ -13,7 +13,7 @@ follow the same protocol.
                          zero-training counterpart of the learned init for images.
   EmpiricalInit          data + σ_T ε: the "empirical oracle"; its log_prob is the Gaussian
                          KDE with bandwidth σ_T, the exact p_T of the empirical measure.
-The two moment-matched Gaussians are not in the original work (METHOD.md §5).
+The two moment-matched Gaussians are not in the original work (docs/method.md §8).
 """
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from pds_jax.gaussian import GaussianReference, fourier_variances
+
+# The fitted q_T kinds of --mode fit_init (config.sampling.init, beside the SDE's prior).
+KINDS = ('flow', 'spectral_gaussian', 'gaussian', 'empirical')
 
 _LOG_2PI = float(np.log(2 * np.pi))
 

@@ -1,4 +1,4 @@
-"""Sample-quality metrics of the toy experiments of Fassina et al. (METHOD.md §5).
+"""Sample-quality metrics of the toy experiments of Fassina et al. (docs/method.md §8).
 
   wasserstein_1d         W_p between two 1-D empirical measures, exactly: the L^p distance of
                          their quantile functions, integrated over the merged CDF levels (any

@@ -1,4 +1,4 @@
-"""Choosing the early-stopping level σ_T: the unimodality onset of p_T (METHOD.md §5), and for images
+"""Choosing the early-stopping level σ_T: the unimodality onset of p_T (docs/method.md §8), and for images
 the smallest σ at which the closed-form q_T matches noised data along the leading principal
 directions (`select_sigma_t_principal`).
 

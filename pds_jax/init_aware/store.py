@@ -2,6 +2,9 @@
 
 `sampling.init` chooses x_T's distribution for every method (`pds_jax.sampling.get_sampling_fn`):
 'prior' (the SDE's prior at T) or one of `INITS` at σ_T, read from `init_folder(config, workdir)`.
+fit_init writes only to `fit_folder(workdir)` = <workdir>/init; `sampling.init_path` is read-only
+(the shipped config points it at the init inside the package), and nothing is ever written under
+the installed package (`save_init` refuses it).
 
 Files in the init folder: init.json (kind, σ_T, the data shape, metrics), plus
 spectral_gaussian.npz (μ, λ + σ_T² of `SpectralGaussianInit`), flow.msgpack (`flow_training`)
@@ -21,7 +24,7 @@ from pds_jax.init_aware import flow_training, inits
 from pds_jax.io_utils import atomic_write
 
 PRIOR = 'prior'
-INITS = ('flow', 'spectral_gaussian', 'gaussian', 'empirical')
+INITS = inits.KINDS
 INIT_SAMPLERS = ('heun', 'euler', 'ancestral', 'pc')  # of the init_aware alias (sampling.init_sampler)
 FIT_DEFAULT = 'spectral_gaussian'  # what fit_init fits, and the init_aware alias uses, for init = 'prior'
 _FILES = {'spectral_gaussian': 'spectral_gaussian.npz', 'flow': 'flow.msgpack', 'empirical': 'empirical.npz'}
@@ -40,14 +43,38 @@ def init_kind(config) -> str:
   return kind
 
 
+def fit_folder(workdir: str) -> str:
+  """Where --mode fit_init writes q_T: <workdir>/init (never sampling.init_path)."""
+  return os.path.join(workdir, 'init')
+
+
 def init_folder(config, workdir: str) -> str:
-  """sampling.init_path, else workdir/init."""
-  return config.sampling.init_path or os.path.join(workdir, 'init')
+  """Where sampling reads q_T: <workdir>/init when fit_init wrote one there (it holds init.json),
+  else sampling.init_path when set (the shipped config: the shipped init), else <workdir>/init
+  (whose missing init.json the loader then names)."""
+  own = fit_folder(workdir)
+  if os.path.isfile(os.path.join(own, 'init.json')) or not config.sampling.init_path:
+    return own
+  return config.sampling.init_path
+
+
+def _package_root() -> str:
+  return os.path.dirname(os.path.dirname(os.path.realpath(os.path.abspath(__file__))))
+
+
+def check_writable(folder: str) -> None:
+  """ValueError when `folder` lies inside the installed pds_jax package (its shipped assets are read-only)."""
+  root, target = _package_root(), os.path.realpath(os.path.abspath(folder))
+  if os.path.commonpath([root, target]) == root:
+    raise ValueError(f'{folder}: inside the installed package {root}, whose files (the shipped model and init) '
+                     'are never written; choose a --workdir outside it.')
 
 
 def save_init(folder: str, kind: str, init, sigma_t: float, shape: Tuple[int, ...], info: Dict,
               history: Optional[Dict] = None) -> str:
-  """Writes q_T (its file and init.json) atomically; returns the init.json path."""
+  """Writes q_T (its file and init.json) atomically; returns the init.json path. Refuses a folder
+  inside the installed package (`check_writable`)."""
+  check_writable(folder)
   os.makedirs(folder, exist_ok=True)
   if kind in _FILES:
     path = os.path.join(folder, _FILES[kind])
@@ -67,8 +94,9 @@ def load_init(folder: str, kind: str, shape: Tuple[int, ...]) -> Tuple[inits.Ini
   """(q_T, σ_T) of `kind` from a fit_init folder; errors name the folder, file and shapes."""
   json_path = os.path.join(folder, 'init.json')
   if not os.path.isfile(json_path):
-    raise ValueError(f'{json_path}: not found; run --mode fit_init with --config.sampling.init={kind} first '
-                     '(or point --config.sampling.init_path at its folder).')
+    raise ValueError(f'{json_path}: not found; run --mode fit_init with --config.sampling.init={kind} and this '
+                     '--workdir first (it writes <workdir>/init), or point --config.sampling.init_path at an init '
+                     'folder.')
   with open(json_path) as f:
     manifest = json.load(f)
   if manifest['init'] != kind:

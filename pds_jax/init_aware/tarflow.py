@@ -1,6 +1,6 @@
 """TarFlow: a Transformer autoregressive affine flow on image patches (Zhai et al. 2024, apple/ml-tarflow).
 
-The learned init of Fassina et al.'s image experiments (METHOD.md §5). In the density direction an
+The learned init of Fassina et al.'s image experiments (docs/method.md §8). In the density direction an
 image x (H, W, C) is divided by `data_scale` (σ_T = 7 → 14), cut into non-overlapping p × p patches
 (a sequence of T = HW/p² vectors of P = p²C values, row-major), and each of `num_blocks` blocks
 applies, on the sequence in its own order π (identity for even blocks, reversed for odd ones),
@@ -195,7 +195,7 @@ class TarFlow(nn.Module):
 
   Attributes:
     image_shape: (H, W, C), H and W multiples of patch_size.
-    patch_size: p (2 in METHOD.md §5).
+    patch_size: p (2 in docs/method.md §8).
     channels: Transformer width (128), a multiple of head_dim (64).
     num_blocks: flow blocks, alternating sequence direction (Fassina et al.'s FFHQ flow: 1).
     layers_per_block: Transformer layers per block (8).

@@ -1,4 +1,4 @@
-"""Toy targets of Fassina et al. with exact noised densities, scores and denoisers (METHOD.md §5).
+"""Toy targets of Fassina et al. with exact noised densities, scores and denoisers (docs/method.md §8).
 
 `GaussianMixture`  p = Σ_k w_k N(μ_k, Σ_k); its VE marginal p_σ = p * N(0, σ² I) is the mixture
                    with Σ_k + σ² I, so log p_σ, the score ∇ log p_σ and the denoiser

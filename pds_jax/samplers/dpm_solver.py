@@ -1,6 +1,6 @@
 """The DPM-Solver family as exponential integrators of the probability-flow ODE, for VE, VP and sub-VP.
 
-In EDM's variables (`pds_jax.edm`) x̃ = x / m and σ, the PF-ODE is dx̃/dσ = ε̂(x̃, σ) with the noise
+In EDM's variables (`pds_jax.samplers.grid`) x̃ = x / m and σ, the PF-ODE is dx̃/dσ = ε̂(x̃, σ) with the noise
 prediction ε̂ = (x̃ - D(x̃, σ)) / σ. With λ = -log σ (half the log-SNR: for VP σ = sqrt(1 - m²) / m,
 so this is DPM-Solver's log-SNR time; for VE it is -log σ) its exact solution from λ_s to
 λ_t = λ_s + h is (Lu et al. 2022, eq. 3.4 with α = 1 in x̃)
@@ -13,21 +13,31 @@ every SDE.
 Algorithms 1 and 2 with r₁ = 1/2 for order 2 and r₁ = 1/3, r₂ = 2/3 for order 3), noise prediction,
 k NFE per step; DPM-Solver-1 is DDIM = Euler in σ.
 `DPMSolverPP` (`'dpm_solver++'`): multistep DPM-Solver++(kM) (Lu et al. 2022b, data prediction,
-1 NFE per step, orders 1/2/3) with the official warm-up (order min(k, i + 1) at step i) and
-lower orders at the last steps when there are fewer than 10 (`lower_order_final`).
-A final step to σ = 0 is the denoising step D(x̃, σ_min) (1 NFE), as for every σ-grid method.
+1 NFE per step, orders 1/2/3) with the official warm-up (order min(k, i + 1) at step i).
+A final step to σ = 0 is the denoising step D(x̃, σ_min) (1 NFE), as for every σ-grid method: it is
+first order itself, so the official `lower_order_final` (lower orders on the last steps of runs of
+fewer than 10 steps) is off by default here, and when set it counts that step as the last one, so
+two first-order updates never follow each other (docs/results.md, "Few-step defaults": lowering
+the last step before the denoising step made DPM-Solver++(2M) 1.9-4.6x worse at 5-10 NFE).
 """
 from __future__ import annotations
 
-import numpy as np
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pds_jax import sde_lib
-from pds_jax.edm import SigmaGridSolver
+from pds_jax.samplers.grid import GRID_FIELDS, SigmaGridSolver, sigma_grid
+from pds_jax.samplers.methods import declare_field, register_method
 
 ORDERS = (1, 2, 3)
 VARIANTS = ('dpm_solver', 'dpm_solver++')
+LOWER_ORDER_FINAL = declare_field('lower_order_final', False, bool, "DPM-Solver++: the official lower orders on "
+                                   'the last steps of runs of < 10 steps (the denoising step to 0 counts as one)')
+SOLVER_ORDER = declare_field('solver_order', 2, int, 'the order of DPM-Solver (1, 2, 3)')
+VARIANT = declare_field('dpm_solver_variant', 'dpm_solver++', str, "'dpm_solver' (singlestep, noise prediction) "
+                                                                   "or 'dpm_solver++' (multistep, data prediction)")
 
 
 def _check_order(order: int, name: str) -> int:
@@ -38,11 +48,16 @@ def _check_order(order: int, name: str) -> int:
 
 class DPMSolver(SigmaGridSolver):
   """Singlestep DPM-Solver-k (noise prediction) on a σ grid; k NFE per step."""
+  order: int = eqx.field(static=True)
   name = 'dpm_solver'
 
   def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 2):
     super().__init__(sde, sigmas)
     self.order = _check_order(order, self.name)
+    real = self.num_steps - int(self.sigmas[-1] == 0)
+    if self.order == 3 and real < 2:
+      raise ValueError('singlestep DPM-Solver-3 with one step (num_steps = 2 nodes, 4 NFE) diverges (KL 87 on the '
+                       'exact VE Gaussian): use num_steps >= 3, solver_order 2, or dpm_solver_variant dpm_solver++.')
 
   def evaluations(self, i):
     return self.order
@@ -74,29 +89,32 @@ class DPMSolver(SigmaGridSolver):
 class DPMSolverPP(SigmaGridSolver):
   """Multistep DPM-Solver++(kM) (data prediction) on a σ grid; 1 NFE per step.
 
-  The state's history holds the denoiser outputs of the previous k - 1 steps.
+  The state's history holds the denoiser outputs of the previous k - 1 steps. `orders` (num_steps,)
+  is the order of each step and `lambdas` (num_steps + 1,) the grid in λ = -log σ: leaves, float64
+  / int32 numpy on the host.
   """
+  order: int = eqx.field(static=True)
+  orders: np.ndarray
+  lambdas: np.ndarray
   name = 'dpm_solver++'
 
-  def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 2):
+  def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 2, lower_order_final: bool = False):
     super().__init__(sde, sigmas)
     self.order = _check_order(order, self.name)
-    real = self.num_steps - int(self.sigmas[-1] == 0)  # steps to σ > 0
+    to_zero = int(self.sigmas[-1] == 0)
+    real = self.num_steps - to_zero  # steps to σ > 0
     orders = [min(self.order, j + 1) for j in range(real)]
-    if real < 10:  # the official lower_order_final
-      orders = [min(k, real - j) for j, k in enumerate(orders)]
+    if lower_order_final and real < 10:  # the official rule; the first-order step to 0 counts as the last
+      orders = [min(k, real - j + to_zero) for j, k in enumerate(orders)]
     self.orders = np.asarray(orders + [1] * (self.num_steps - real), np.int32)
     self.lambdas = -np.log(np.where(self.sigmas > 0, self.sigmas, 1.))  # λ = -log σ (unused at σ = 0)
-
-  def tables(self):
-    return dict(super().tables(), lambdas=jnp.asarray(self.lambdas, jnp.float32), orders=jnp.asarray(self.orders))
 
   def init_history(self, x):
     return tuple(jnp.zeros_like(x) for _ in range(self.order - 1))
 
   def grid_step(self, denoise, preconditioner, state, i, sigma, sigma_next):
     x, history = state.x, state.history
-    lam = self.table('lambdas')
+    lam = self.lambdas
     h = lam[i + 1] - lam[i]
     h0 = lam[i] - lam[jnp.maximum(i - 1, 0)]
     h1 = lam[jnp.maximum(i - 1, 0)] - lam[jnp.maximum(i - 2, 0)]
@@ -122,5 +140,15 @@ class DPMSolverPP(SigmaGridSolver):
       return base + phi_2 * d1 - phi_3 * d2
 
     branches = (first, second, third)[:self.order]
-    x = jax.lax.switch(self.table('orders')[i] - 1, branches, None) if self.order > 1 else base
+    x = jax.lax.switch(self.orders[i] - 1, branches, None) if self.order > 1 else base
     return state._replace(x=x, history=((d0,) + history)[:self.order - 1])
+
+
+@register_method('dpm_solver', fields=GRID_FIELDS + (SOLVER_ORDER, VARIANT, LOWER_ORDER_FINAL), default_steps=20)
+def _dpm_solver(fields, ctx):
+  if fields[VARIANT] not in VARIANTS:
+    raise ValueError(f'config.sampling.dpm_solver_variant = {fields[VARIANT]!r}; choose one of {VARIANTS}.')
+  sigmas = sigma_grid(fields, ctx, 'dpm_solver')
+  if fields[VARIANT] == 'dpm_solver':
+    return DPMSolver(ctx.sde, sigmas, fields[SOLVER_ORDER])
+  return DPMSolverPP(ctx.sde, sigmas, fields[SOLVER_ORDER], bool(fields[LOWER_ORDER_FINAL]))

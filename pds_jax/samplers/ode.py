@@ -21,15 +21,22 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Tuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pds_jax import sde_lib
-from pds_jax.driver import NonFiniteSampleError, Solver
+from pds_jax.samplers.driver import NonFiniteSampleError, Solver
+from pds_jax.samplers.grid import NOISE_REMOVAL
+from pds_jax.samplers.methods import declare_field, register_method
 
 METHODS = {'rk45': diffrax.Dopri5, 'dopri5': diffrax.Dopri5, 'tsit5': diffrax.Tsit5}
 EVALS_PER_STEP = 6  # new evaluations per attempted step of a 7-stage FSAL method
+ODE_METHOD = declare_field('ode_method', 'RK45', str, "the probability-flow ODE solver: 'RK45' (Dormand–Prince "
+                                                      "5(4), score_sde's) or 'tsit5'")
+ODE_RTOL = declare_field('ode_rtol', 1e-5, float, "the PID controller's relative tolerance (score_sde: 1e-5)")
+ODE_ATOL = declare_field('ode_atol', 1e-5, float, "the PID controller's absolute tolerance (score_sde: 1e-5)")
 
 
 def get_ode_method(name: str) -> diffrax.AbstractSolver:
@@ -118,6 +125,12 @@ class ODESolver(Solver):
       eps (Tweedie's formula for VE), 1 more NFE.
     max_steps: the solver's step budget per sample.
   """
+  eps: float = eqx.field(static=True)
+  rtol: float = eqx.field(static=True)
+  atol: float = eqx.field(static=True)
+  method: str = eqx.field(static=True)
+  denoise: bool = eqx.field(static=True)
+  max_steps: int = eqx.field(static=True)
   name = 'ode'
 
   def __init__(self, sde: sde_lib.SDE, eps: float, t_start: float = None, rtol: float = 1e-5, atol: float = 1e-5,
@@ -177,3 +190,12 @@ class ODESolver(Solver):
           reason=f'the adaptive solve of {int((~ok).sum())} of {ok.size} samples did not reach eps within '
                  f'{self.max_steps} steps (a non-finite score or a very stiff ODE)',
           hint='Check the model, or loosen sampling.ode_rtol / sampling.ode_atol.')
+
+  def settings(self) -> dict:
+    return {'eps': self.eps}
+
+
+@register_method('ode', fields=(ODE_METHOD, ODE_RTOL, ODE_ATOL, NOISE_REMOVAL))
+def _ode(fields, ctx):
+  return ODESolver(ctx.sde, ctx.eps, ctx.start.t, fields[ODE_RTOL], fields[ODE_ATOL], fields[ODE_METHOD],
+                   fields[NOISE_REMOVAL])

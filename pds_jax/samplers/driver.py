@@ -6,9 +6,13 @@ as their leading axis (k-diffusion's uniformity, diffrax's separation of the sol
   state = solver.init(rng, x_T)                       x_T (B, H, W, C) at time solver.t_start
   state = solver.init(rng, x_T, cond)                 conditional solvers: cond, batch-leading arrays
   state = solver.step(score_fn, preconditioner, state, i)   i = 0 … solver.num_steps - 1
-  tables = solver.tables()                            per-step arrays (time grids, discrete schedules)
   x     = solver.output(state)                        samples in the SDE's variable at t = eps / 0
   aux   = solver.aux(state)                           per-sample results beyond x (e.g. log-densities)
+
+A solver is a pytree (an `equinox.Module`, diffrax-style): its per-step arrays (time or σ grids,
+the SDE's discrete schedules) are leaves and its settings are static fields. The driver passes
+the solver itself to the jitted scan as an argument, so N enters the compiled program only as
+the trip count and the arrays' shapes, and nothing is ever bound into a solver.
 
 `Sampler` adds everything else once, for every method:
 - x_T: the SDE's prior at T (multiplied by M when the method is preconditioned: official PDS), an
@@ -18,9 +22,7 @@ as their leading axis (k-diffusion's uniformity, diffrax's separation of the sol
 - `jit`, score_sde's `pmap`, or `jax.shard_map` over a 1-D mesh (one program per device);
 - the scan over steps in `num_chunks` jitted chunks (bit-identical for any count), a tqdm bar and a
   snapshot callback between chunks;
-- a compiled scan that does not grow with N: the solver's per-step arrays (`Solver.tables`) are jit
-  arguments read by `solver.bind(tables)`, never constants of the program, so N enters only as the
-  trip count (and the length of the step indices' iota, a few scalars);
+- a compiled scan that does not grow with N (the solver is an argument, above);
 - `NonFiniteSampleError` naming the first step whose state became NaN/Inf;
 - the number of score evaluations per sample, counted from the final state.
 """
@@ -31,6 +33,7 @@ import copy
 import functools
 from typing import Any, Callable, Optional
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,27 +88,39 @@ class NonFiniteSampleError(FloatingPointError):
     super().__init__(f'{method}: {reason} at step {step} of {num_steps}{where}; nothing was written. {hint}')
 
 
-class Solver(abc.ABC):
+class Solver(eqx.Module):
   """A sampling method: a scan of `num_steps` pure steps over a batch-leading state pytree.
 
-  Attributes set by subclasses:
-    sde: the SDE whose variable x_T and the output live in.
-    t_start: the SDE time of x_T (sde.T from the prior, t(σ_T) from an init-aware q_T).
+  Fields (pytree): `sde`, the SDE whose variable x_T and the output live in (a pytree itself);
+  `t_start`, the SDE time of x_T (sde.T from the prior, t(σ_T) from an init-aware q_T; static);
+  `axis_name`, the mapped device axis for methods that reduce over the batch (static; the driver
+  gives it with `with_axis_name`). Subclasses add their per-step arrays as leaves and their
+  settings as static fields.
+
+  Class attributes:
+    name: the method's name in messages.
     stochastic: whether steps draw noise after x_T (then the state carries the rng).
     preconditioned_by_pds: whether PDS's M is defined for this method (else a non-identity
       preconditioner is refused by `check_preconditioner`).
     precondition_prior: whether a prior draw is multiplied by M (the official PDS prior M ξ σ_max).
-    axis_name: the mapped device axis (set by `Sampler`) for methods that reduce over the batch.
   """
-  name: str = 'solver'
-  stochastic: bool = False
-  preconditioned_by_pds: bool = False
-  precondition_prior: bool = True
-  axis_name: Optional[str] = None
-  _bound_tables: Optional[dict] = None
+  sde: sde_lib.SDE
+  t_start: float = eqx.field(static=True)
+  axis_name: Optional[str] = eqx.field(static=True)
 
-  def __init__(self, sde: sde_lib.SDE, t_start: float):
-    self.sde, self.t_start = sde, float(t_start)
+  name = 'solver'
+  stochastic = False
+  preconditioned_by_pds = False
+  precondition_prior = True
+
+  def __init__(self, sde: sde_lib.SDE, t_start: float, axis_name: Optional[str] = None):
+    self.sde, self.t_start, self.axis_name = sde, float(t_start), axis_name
+
+  def with_axis_name(self, axis_name: Optional[str]) -> 'Solver':
+    """The same solver reducing over the mapped device axis `axis_name` (a new pytree; static field)."""
+    solver = copy.copy(self)
+    object.__setattr__(solver, 'axis_name', axis_name)
+    return solver
 
   @property
   @abc.abstractmethod
@@ -114,29 +129,7 @@ class Solver(abc.ABC):
 
   @abc.abstractmethod
   def step_times(self) -> np.ndarray:
-    """(num_steps,) SDE time at the start of each step (None entries where undefined)."""
-
-  def tables(self) -> dict:
-    """The per-step arrays the steps read (a time grid, an SDE's discrete schedule): a pytree of arrays.
-
-    The driver passes them to the jitted scan as arguments and steps a `bind(tables)` copy of the
-    solver, so arrays of length ~num_steps never become constants of the compiled program (its
-    size, compile time and memory then do not grow with N). Values must be exactly those the
-    step would compute itself. Default: none.
-    """
-    return {}
-
-  def bind(self, tables: dict) -> 'Solver':
-    """A shallow copy of this solver reading `tables` (traced inside the scan) in place of its own."""
-    if not jax.tree_util.tree_leaves(tables):
-      return self
-    solver = copy.copy(self)
-    solver._bound_tables = tables
-    return solver
-
-  def table(self, name: str) -> Any:
-    """Entry `name` of the bound tables inside the driver's scan, else of `tables()`."""
-    return (self.tables() if self._bound_tables is None else self._bound_tables)[name]
+    """(num_steps,) SDE time at the start of each step (None entries where undefined; host-side)."""
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, x: jax.Array) -> State:
@@ -161,11 +154,15 @@ class Solver(abc.ABC):
   @property
   @abc.abstractmethod
   def static_nfe(self) -> Optional[int]:
-    """Score evaluations per sample when fixed by the method (None for adaptive solvers)."""
+    """Score evaluations per sample when fixed by the method (None for adaptive solvers; host-side)."""
 
   def nfe(self, state: State) -> jax.Array:
     """(B,) score evaluations spent on each sample of the final state."""
     return jnp.full(self.output(state).shape[:1], self.static_nfe, jnp.int32)
+
+  def settings(self) -> dict:
+    """Derived settings for run.json / report.json beyond the config's fields (e.g. the grid's ends)."""
+    return {}
 
   def aux(self, state: State) -> dict:
     """Per-sample results of the final state beyond the samples: a dict of (B, ...) arrays (default none)."""
@@ -218,28 +215,29 @@ class Sampler:
                pmap: bool = False, mesh: Optional[jax.sharding.Mesh] = None):
     if pmap and mesh is not None:
       raise ValueError(f'{type(self).__name__}: choose pmap=True or a mesh, not both.')
+    if pmap:
+      solver = solver.with_axis_name(solver.axis_name or 'batch')
+    elif mesh is not None:
+      solver = solver.with_axis_name(mesh.axis_names[0])
     self.solver, self.shape, self.inverse_scaler, self.init = solver, tuple(shape), inverse_scaler, init
     self.pmap, self.mesh = pmap, mesh
-    self._first_bad_shape = (mesh.size,) if mesh is not None else (1,)  # one entry per device
     if pmap:
-      solver.axis_name = solver.axis_name or 'batch'
-      self._start = jax.pmap(self._start_impl, in_axes=(0, None, None, 0, 0))
+      self._start = jax.pmap(self._start_impl, in_axes=(None, 0, None, None, 0, 0))
       self._run = jax.pmap(self._run_impl, axis_name=solver.axis_name, in_axes=(None, None, None, 0, None),
                            static_broadcasted_argnums=(5,))
-      self._finish = jax.pmap(self._finish_impl)
+      self._finish = jax.pmap(self._finish_impl, in_axes=(None, 0))
     elif mesh is not None:
-      solver.axis_name = mesh.axis_names[0]
       batch, rep = PartitionSpec(solver.axis_name), PartitionSpec()
       carry = (batch, batch)
       # check_vma=False: diffrax's adaptive while loop (the ODE method) carries values whose
       # device-varying type JAX cannot infer; every per-device program here is batch-parallel.
       per_device = lambda fn, in_specs, out_specs: jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
                                                                  out_specs=out_specs, check_vma=False)
-      self._start = jax.jit(per_device(self._start_impl, (batch, rep, rep, batch, batch), carry))
-      self._run = jax.jit(lambda score_fn, precond, tables, c, start, length: per_device(
+      self._start = jax.jit(per_device(self._start_impl, (rep, batch, rep, rep, batch, batch), carry))
+      self._run = jax.jit(lambda solver, score_fn, precond, c, start, length: per_device(
           functools.partial(self._run_impl, length=length), (rep, rep, rep, carry, rep), carry)(
-              score_fn, precond, tables, c, start), static_argnums=(5,))
-      self._finish = jax.jit(per_device(self._finish_impl, (carry,), (batch, batch, batch)))
+              solver, score_fn, precond, c, start), static_argnums=(5,))
+      self._finish = jax.jit(per_device(self._finish_impl, (rep, carry), (batch, batch, batch)))
     else:
       self._start = jax.jit(self._start_impl)
       self._run = jax.jit(self._run_impl, static_argnums=(5,))
@@ -255,37 +253,36 @@ class Sampler:
 
   # -- the jitted pieces (per device under pmap / shard_map)
 
-  def _draw(self, rng: jax.Array, preconditioner: Preconditioner, init, shape) -> jax.Array:
+  def _draw(self, solver: Solver, rng: jax.Array, preconditioner: Preconditioner, init, shape) -> jax.Array:
     """x_T of `shape` (the local batch): prior (times M when preconditioned) or m(t_T) · q_T."""
-    sde = self.solver.sde
+    sde = solver.sde
     if init is None:
       if rng.ndim == 2:  # per-sample keys: item i of the prior from key i
         prior = jax.vmap(lambda key: sde.prior_sampling(key, shape[1:]))(rng)
       else:
         prior = sde.prior_sampling(rng, shape)
-      return preconditioner.apply(prior) if self.solver.precondition_prior else prior
+      return preconditioner.apply(prior) if solver.precondition_prior else prior
     if rng.ndim == 2:
       x = jax.vmap(lambda key: init.sample(key, 1)[0])(rng)
     else:
       x = init.sample(rng, shape[0])
-    return sde.edm_scale(jnp.float32(self.solver.t_start)) * x
+    return sde.edm_scale(jnp.float32(solver.t_start)) * x
 
-  def _start_impl(self, rng, preconditioner, init, x_init, cond):
+  def _start_impl(self, solver, rng, preconditioner, init, x_init, cond):
     rng, init_rng = split(rng)
     if x_init is None:
       shape = (rng.shape[0],) + self.shape[1:] if rng.ndim == 2 else self.shape
-      x_init = self._draw(init_rng, preconditioner, init, shape)
-    state = self.solver.init(rng, x_init) if cond is None else self.solver.init(rng, x_init, cond)
+      x_init = self._draw(solver, init_rng, preconditioner, init, shape)
+    state = solver.init(rng, x_init) if cond is None else solver.init(rng, x_init, cond)
     return state, jnp.full((1,), -1, jnp.int32)
 
-  def _run_impl(self, score_fn, preconditioner, tables, carry, start, length: int):
-    """Steps start … start + length - 1, reading the solver's per-step arrays from `tables` (arguments).
+  def _run_impl(self, solver, score_fn, preconditioner, carry, start, length: int):
+    """Steps start … start + length - 1 of `solver` (a jit argument: its per-step arrays are too).
 
     The step indices are scanned over as start + iota(length), an op of the program, not a constant.
     (Carrying the index as a counter instead made XLA CPU give an FFT of the GSPMD-partitioned
     program a layout its FFT thunk rejects: RET_CHECK IsMonotonicWithDim0Major, jax-ml/jax#22484.)
     """
-    solver = self.solver.bind(tables)
 
     def step(carry, i):
       state, first_bad = carry
@@ -296,9 +293,9 @@ class Sampler:
     carry, _ = jax.lax.scan(step, carry, start + jnp.arange(length))
     return carry
 
-  def _finish_impl(self, carry):
+  def _finish_impl(self, solver, carry):
     state, _ = carry
-    return self.inverse_scaler(self.solver.output(state)), self.solver.nfe(state), self.solver.aux(state)
+    return self.inverse_scaler(solver.output(state)), solver.nfe(state), solver.aux(state)
 
   # -- the host loop
 
@@ -349,15 +346,15 @@ class Sampler:
           raise ValueError(f'cond arrays need the batch ({self.shape[0]}) as their leading axis, got {leaf.shape}.')
       if self.pmap:
         cond = jax.tree_util.tree_map(lambda a: a.reshape(rng.shape[:2] + a.shape[1:]), cond)
-    carry = self._start(rng, preconditioner, self.init, x_init, cond)
-    tables = self.solver.tables()
+    solver = self.solver
+    carry = self._start(solver, rng, preconditioner, self.init, x_init, cond)
     bar = None
     if progress:
       from tqdm.auto import tqdm
       bar = tqdm(total=n, desc=f'sampling ({self.solver.name})', unit='step', leave=False)
     try:
       for start, stop in zip(bounds[:-1], bounds[1:]):
-        carry = self._run(score_fn, preconditioner, tables, carry, jnp.int32(start), int(stop - start))
+        carry = self._run(solver, score_fn, preconditioner, carry, jnp.int32(start), int(stop - start))
         if bar is not None:
           jax.block_until_ready(carry)
           bar.update(int(stop - start))
@@ -366,7 +363,7 @@ class Sampler:
     finally:
       if bar is not None:
         bar.close()
-    samples, nfe, aux = self._finish(carry)
+    samples, nfe, aux = self._finish(solver, carry)
     self.solver.check_final(carry[0])
     if self.pmap:
       samples = samples.reshape(self.shape)
@@ -386,13 +383,13 @@ class Sampler:
   def initial_carry(self, rng: jax.Array, preconditioner: Optional[Preconditioner] = None):
     """The scan's carry before step 0 (x_T drawn), laid out for this sampler's devices."""
     preconditioner = Preconditioner() if preconditioner is None else preconditioner
-    return self._start(self._per_device(rng) if self.pmap else rng, preconditioner, self.init, None, None)
+    return self._start(self.solver, self._per_device(rng) if self.pmap else rng, preconditioner, self.init, None, None)
 
   def lower_scan(self, score_fn: ScoreFn, preconditioner: Optional[Preconditioner], carry,
                  length: Optional[int] = None) -> jax.stages.Lowered:
     """The jitted scan of `length` steps (default all) lowered for these arguments: `.compile()` it."""
     preconditioner = Preconditioner() if preconditioner is None else preconditioner
-    return self._run.lower(_as_pytree_fn(score_fn), preconditioner, self.solver.tables(), carry, jnp.int32(0),
+    return self._run.lower(self.solver, _as_pytree_fn(score_fn), preconditioner, carry, jnp.int32(0),
                            self.num_steps if length is None else int(length))
 
   def _per_device(self, keys: jax.Array) -> jax.Array:
