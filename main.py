@@ -73,6 +73,10 @@ _MODE_FLAGS = {
 }
 
 
+# Modes that split config.eval.batch_size over one CPU device per core (PDS_JAX_CPU_DEVICES=1: one device).
+_CPU_CORE_MODES = ('sample', 'compare', 'likelihood') + _EDIT_MODES
+
+
 def _fail(message: str) -> None:
   print(f'pds_jax: error: {message}', file=sys.stderr)
   sys.exit(2)
@@ -135,6 +139,11 @@ def _check_none_overrides() -> None:
 def main(argv):
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]} (flags are --name=value).')
+  if FLAGS.mode in _CPU_CORE_MODES:  # first: JAX's backend must not have started (pds_jax.parallel.use_cpu_cores)
+    try:
+      parallel.use_cpu_cores(FLAGS.config.eval.batch_size)
+    except ValueError as e:
+      _fail(str(e))
   _check_none_overrides()
   _check_mode_flags()
   logging.getLogger().setLevel(logging.INFO)
@@ -171,6 +180,8 @@ def main(argv):
       run_lib.fid_stats(config, FLAGS.workdir, FLAGS.eval_folder or 'fid_stats')
     elif FLAGS.mode == 'fit_init':
       run_lib.fit_init(config, FLAGS.workdir)
+    elif FLAGS.mode == 'tune_schedule':
+      run_lib.tune_schedule(config, FLAGS.workdir)
     elif FLAGS.mode == 'eval':
       run_lib.evaluate(config, FLAGS.workdir, FLAGS.sample_dirs, FLAGS.eval_folder or 'eval')
     elif FLAGS.mode == 'likelihood':

@@ -3,8 +3,10 @@ fit_init, likelihood (bits/dim), inpaint and colorize (controllable generation).
 
 Like score_sde's `run_lib.py`, each mode is a function of (config, workdir, ...); `main.py` only
 parses flags. The library parts the modes share live in `pds_jax`: `sampling_run` (checks, score
-function, preconditioner, sampler), `references` (the data a run is measured against), `shards`
-(resumable round shards), `io_utils` (atomic writers), `figures`, `init_aware.fit`, `training`.
+function, preconditioner, sampler), `likelihood_run` and `controllable_run` (the same for bits/dim
+and inpaint / colorize), `references` (the data a run is measured against), `shards` (the one
+resumable round loop, `run_rounds`, and its shard writer), `io_utils` (atomic writers), `figures`,
+`init_aware.fit`, `training`.
 Every input is validated before any compute starts, and every file is written atomically, so an
 interrupted run never leaves a half-written output.
 """
@@ -30,7 +32,7 @@ from pds_jax.references import (exact_metrics, gaussian_reference, image_shape, 
 from pds_jax.sampling_run import SamplingRun, compare_preconditioner, draw, load_preconditioner
 
 MODES = ('train', 'sample', 'compare', 'convert', 'stats', 'fid_stats', 'eval', 'fit_init', 'likelihood', 'inpaint',
-         'colorize')
+         'colorize', 'tune_schedule')
 
 
 # ----------------------------------------------------------------------------- sample, compare
@@ -482,6 +484,20 @@ def fit_init(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   print(f'sampling with --config.sampling.init={kind} and --workdir={workdir} reads it from {folder} (before '
         'sampling.init_path)')
   return {'sigma_t': sigma_t, 'path': path, **info}
+
+
+def tune_schedule(config: ml_collections.ConfigDict, workdir: str) -> Dict:
+  """Searches the σ nodes of sampling.method at sampling.num_steps on this model (`pds_jax.samplers.tune`: GITS's
+  DP, then a descent of the global error) and writes workdir/schedule/<method>_<nfe>.json atomically; sample with
+  it by --config.sampling.schedule=tuned --config.sampling.schedule_path=<that file>."""
+  from pds_jax.samplers import tune
+  run = SamplingRun.build(config, workdir)
+  spec = tune.search(config.sampling, run.sampler().sampler, run.score_fn, run.eps, config.seed, progress=True)
+  spec['model'] = run.model_info
+  path = os.path.join(workdir, 'schedule', f'{spec["method"]}_{spec["nfe"]}.json')
+  write_json(path, spec)
+  print(tune.summary(spec, path))
+  return spec
 
 
 # ----------------------------------------------------------------------------- training

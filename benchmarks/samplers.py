@@ -29,6 +29,9 @@ Rows (method[+pds]/init; every sampler from the same per-sample keys):
   euler, heun   EDM on the Karras grid (ρ 7) from σ(T) to σ(eps), then the denoising step
   ancestral     the DDPM-posterior step on the same grid (+pds: PDS on its score term and noise)
   dpm_solver3   singlestep DPM-Solver-3; dpm++2m / dpm++3m: multistep DPM-Solver++(2M / 3M)
+  edm_stochastic  EDM's Algorithm 2 (churn + Heun) at its defaults; restart: Heun + one restart interval (defaults)
+  dpm++2m_sde / dpm++3m_sde  SDE-DPM-Solver++(2M / 3M), sampling.eta at its default
+  unipc2, unipc3  UniPC-2 / UniPC-3 (bh2); ipndm: iPNDM-4; each at its defaults, NFE = nodes
   …/spectral    x_T from the closed-form spectral Gaussian q_T at σ_T (--sigma_t in data units
                 [0, 1], in the model's range for VP); on the Gaussian reference this init is exact,
                 so the row measures the solver from σ_T. No learned flow is fitted here (CPU).
@@ -80,6 +83,15 @@ ROWS = {
     'dpm++3m/spectral': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++', 'solver_order': 3},
                          'init_nodes', False, 'spectral_gaussian'),
     'pc+pds/spectral': ({'method': 'pc'}, 'init_pc_steps', True, 'spectral_gaussian'),
+    'edm_stochastic': ({'method': 'edm_stochastic'}, 'edm_stochastic_nodes', False, 'prior'),
+    'restart': ({'method': 'restart'}, 'restart_nodes', False, 'prior'),
+    'dpm++2m_sde': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++_sde', 'solver_order': 2},
+                    'dpm_sde_nodes', False, 'prior'),
+    'dpm++3m_sde': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++_sde', 'solver_order': 3},
+                    'dpm_sde_nodes', False, 'prior'),
+    'unipc2': ({'method': 'unipc', 'solver_order': 2}, 'fast_nodes', False, 'prior'),
+    'unipc3': ({'method': 'unipc', 'solver_order': 3}, 'fast_nodes', False, 'prior'),
+    'ipndm': ({'method': 'ipndm'}, 'fast_nodes', False, 'prior'),
 }
 REFERENCE_STEPS = 2000  # PC-2000: the default reference of the Gaussian targets (--reference_steps)
 
@@ -99,6 +111,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--dpm3_nodes', default='4,6,8,11,14')
   p.add_argument('--dpm_nodes', default='6,11,16,21,31,41')
   p.add_argument('--init_nodes', default='4,6,11,16,21')
+  p.add_argument('--edm_stochastic_nodes', default='6,11,16,21', help='edm_stochastic nodes N (NFE 2N - 1)')
+  p.add_argument('--restart_nodes', default='6,11,16', help='restart main nodes N (NFE 2N - 1 + 2K(restart_steps - 1))')
+  p.add_argument('--dpm_sde_nodes', default='11,21,31,41', help='DPM-Solver++ SDE nodes (NFE = nodes)')
+  p.add_argument('--fast_nodes', default='4,5,6,8,10,15,20', help='unipc / ipndm nodes (NFE = nodes)')
   p.add_argument('--init_pc_steps', default='10,20,40,80')
   p.add_argument('--sigma_t', type=float, default=None,
                  help='σ_T of the spectral init in data units ([0, 1]); default 1 for the Gaussian targets (whose '
@@ -120,7 +136,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   args.alphas = args.alphas or ('5,10,20,50' if few else '2,3,5,10,30')
   args.alpha_steps = args.alpha_steps or ('3,5,7,10' if few else '10,20,33,66,100,200')
   if args.quick:
-    for name in ('euler_nodes', 'heun_nodes', 'ancestral_nodes', 'dpm_nodes', 'init_nodes', 'init_pc_steps'):
+    for name in ('euler_nodes', 'heun_nodes', 'ancestral_nodes', 'dpm_nodes', 'init_nodes', 'init_pc_steps',
+                 'edm_stochastic_nodes', 'restart_nodes', 'dpm_sde_nodes', 'fast_nodes'):
       setattr(args, name, '3,6')
     args.pc_steps = '25,40'  # VP's discrete chain needs β_max / N < 1
     args.dpm3_nodes, args.ode_tolerances, args.resolutions, args.resolution_steps = '3,4', '1e-2,1e-3', '16,32', '4,8'

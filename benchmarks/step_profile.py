@@ -26,6 +26,13 @@ Models (score_sde configs, random weights with model.init_scale = 1, VE, continu
 5. dtypes: the shipped model's architecture (configs/default_model.py, random weights) at its eval batch,
    forward and PC steps with `get_score_fn(..., dtype=)` float32 against bfloat16 (config.eval.dtype).
 
+6. one core against all cores (`--cores`, issue 23): the benchmark runs twice as child processes, pinned to
+   the first core (`taskset`, torch 1 thread, one JAX device) and on every core (torch one thread per core,
+   one JAX host CPU device per core: `--jax_devices auto`, the layout main.py starts with, where a batch that
+   divides among the devices runs split under `shard_map` and any other batch on one device), `--rounds`
+   pairs in alternating order; step_profile_cores.json holds each side's speed-up (one core / all cores),
+   torch / pds_jax on each setup and the per-image cost against batch 1.
+
 Timing: a warm-up call per setting (compilation), one more for torch (oneDNN primitive caches), then
 repetitions alternating all settings of a (model, batch) in rotating order; medians over repetitions, and
 torch / JAX ratios within a repetition. The machine's load average is recorded before and after. Besides
@@ -34,7 +41,9 @@ the wall time, the process's CPU time of each call is recorded: with both sides 
 
   python -m benchmarks.step_profile --score_sde_pytorch /tmp/score_sde_pytorch --pds_pytorch /tmp/pds_official
   python -m benchmarks.step_profile --quick        # smoke setting, JAX only (< 1 min)
-  taskset -c 1 python -m benchmarks.step_profile ... --torch_threads 1   # both sides on one core
+  taskset -c 1 python -m benchmarks.step_profile ... --torch_threads 1 --jax_devices 1  # both sides on one core
+  python -m benchmarks.step_profile --cores --score_sde_pytorch ... --pds_pytorch ... --models deep_nf32_32,ffhq_nf16_64
+      --layer_batches '' --shipped_batch 0 --num_steps 2     # one core against all cores (one command)
 """
 from __future__ import annotations
 
@@ -42,6 +51,7 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
+import json
 import os
 import sys
 import textwrap
@@ -51,12 +61,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 import ml_collections
 import numpy as np
 
 from benchmarks import common
 from benchmarks.model_step import alternate, machine_note
-from pds_jax import preconditioning, sampling, sde_lib
+from pds_jax import parallel, preconditioning, sampling, sde_lib
 from pds_jax.models import layerspp, up_or_down_sampling
 from pds_jax.models import utils as mutils
 
@@ -90,7 +101,8 @@ QUICK = Model('configs.ve.cifar10_ncsnpp_continuous',
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--quick', action='store_true', help='smoke setting: a 16x16 nf 8 NCSN++, batch 1, 1 repetition')
+  p.add_argument('--quick', action='store_true',
+                 help='smoke setting: a 16x16 nf 8 NCSN++, forward at batch 1 and 2, PC step at 1, 1 repetition')
   p.add_argument('--models', type=str, default=','.join(MODELS), help=f'comma-separated, of {sorted(MODELS)}')
   p.add_argument('--batches', type=str, default='1,2,4,8', help='batch sizes of the forward timing')
   p.add_argument('--pc_batches', type=str, default=None,
@@ -103,14 +115,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--score_sde_pytorch', type=str, default=None, help='a checkout of yang-song/score_sde_pytorch')
   p.add_argument('--pds_pytorch', type=str, default=None, help='a checkout of the official PDS code (fudan-zvg/PDS)')
   p.add_argument('--torch_threads', type=int, default=2)
+  p.add_argument('--jax_devices', type=str, default='auto',
+                 help="host CPU devices of the JAX side: 'auto' (one per core this process may use, as main.py "
+                      "starts for a batch that divides among them; other batches run on one device) or a count "
+                      "(1: one device, as before issue 23); an --xla_force_host_platform_device_count in XLA_FLAGS wins")
+  p.add_argument('--cores', action='store_true',
+                 help='one core against all cores: runs this benchmark twice as child processes, pinned to the first '
+                      'core (taskset, --torch_threads 1 --jax_devices 1) and on every core (--torch_threads <cores> '
+                      '--jax_devices auto), --rounds times in alternating order, and writes step_profile_cores.json')
+  p.add_argument('--rounds', type=int, default=1, help='--cores: one-core / all-cores pairs of child runs')
+  p.add_argument('--setups', type=str, default='one_core,all_cores',
+                 help='--cores: the setups to run (one_core, all_cores); a missing one leaves its columns empty')
   p.add_argument('--shipped_batch', type=int, default=36,
                  help='batch of the float32 vs bfloat16 timing of the shipped model (its eval batch; 0: skip)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--label', type=str, default='', help='a note stored in the JSON (e.g. the commit measured)')
   p.add_argument('--out_dir', type=str, default=None)
   args = p.parse_args(argv)
+  if args.repeats > 60:
+    p.error('--repeats: at most 60 (the PC-step keys are drawn before timing)')
   if args.quick:
-    args.models, args.batches, args.shipped_batch = 'quick', '1', 0
+    args.models, args.batches, args.shipped_batch = 'quick', '1,2', 0  # batch 2: split over 2 devices when there
     args.repeats, args.num_steps = 1, 2
     return args
   unknown = set(args.models.split(',')) - set(MODELS)
@@ -138,28 +163,51 @@ def _num_params(tree) -> int:
 
 
 class JaxSide:
-  """pds_jax's NCSN++ score (computing in `dtype`, config.eval.dtype), forward and PC-step calls for one config."""
+  """pds_jax's NCSN++ score (computing in `dtype`, config.eval.dtype), forward and PC-step calls for one config.
+
+  With a `mesh` (`parallel.batch_mesh()` over several host CPU devices), a batch that divides among its
+  devices runs as the CLI runs it: the forward and the sampler under `jax.shard_map`, one slice per device;
+  any other batch runs on one device (the CLI then starts with fewer devices, `parallel.cpu_device_count`).
+  """
   has_pds = True
   extra_warmup = False
 
-  def __init__(self, config, seed: int, dtype: str = 'float32'):
-    self.config = config
+  def __init__(self, config, seed: int, dtype: str = 'float32', mesh: Optional[jax.sharding.Mesh] = None):
+    self.config, self.mesh = config, mesh
     self.sde = sde_lib.VESDE(config.model.sigma_min, config.model.sigma_max, config.model.num_scales)
     self.model = mutils.get_model(config.model.name)(config=config)
     self.params = jax.jit(lambda rng: mutils.init_model(rng, config)[2])(jax.random.PRNGKey(seed))
     self.score_fn = mutils.get_score_fn(self.sde, self.model, self.params, {}, continuous=True, dtype=dtype)
     self.num_params = _num_params(self.params)
     self._forward = jax.jit(lambda score_fn, x, t: score_fn(x, t))
+    if mesh is not None:
+      batch = PartitionSpec(mesh.axis_names[0])
+      self._forward_split = jax.jit(jax.shard_map(lambda score_fn, x, t: score_fn(x, t), mesh=mesh,
+                                                  in_specs=(PartitionSpec(), batch, batch), out_specs=batch))
+
+  def devices(self, batch: int) -> int:
+    """The devices a batch of `batch` runs on."""
+    return self.mesh.size if self.mesh is not None and self.mesh.size > 1 and batch % self.mesh.size == 0 else 1
 
   def forward(self, x: np.ndarray, t: np.ndarray) -> Callable[[int], jax.Array]:
+    if self.devices(len(x)) > 1:
+      split = NamedSharding(self.mesh, PartitionSpec(self.mesh.axis_names[0]))
+      x, t = jax.device_put(x, split), jax.device_put(t, split)
+      return lambda rep: self._forward_split(self.score_fn, x, t)
     x, t = jnp.asarray(x), jnp.asarray(t)
     return lambda rep: self._forward(self.score_fn, x, t)
 
   def pc_step(self, shape, num_steps: int, pre: Optional[preconditioning.Preconditioner],
               seed: int) -> Callable[[int], jax.Array]:
+    """The CLI's way: per-sample keys (`sampling.sample_keys`), split over the mesh when the batch divides."""
     sde = sde_lib.VESDE(self.config.model.sigma_min, self.config.model.sigma_max, num_steps)
-    sampler = sampling.get_pc_sampler(sde, shape, 'reverse_diffusion', 'langevin', lambda x: x, snr=SNR, eps=EPS)
-    return lambda rep: sampler(jax.random.PRNGKey(seed + rep + 1), self.score_fn, pre)[0]
+    split = self.devices(shape[0]) > 1
+    sampler = sampling.get_pc_sampler(sde, shape, 'reverse_diffusion', 'langevin', lambda x: x, snr=SNR, eps=EPS,
+                                      mesh=self.mesh if split else None)
+    place = (lambda keys: jax.device_put(keys, NamedSharding(self.mesh, PartitionSpec(self.mesh.axis_names[0])))
+             ) if split else (lambda keys: keys)
+    keys = {rep: place(sampling.sample_keys(seed + rep + 1, 0, shape[0])) for rep in range(-2, 61)}
+    return lambda rep: sampler(keys[rep], self.score_fn, pre)[0]
 
 
 # ----------------------------------------------------------------------------- torch side
@@ -432,6 +480,14 @@ def per_image_ratio(by_batch: Dict[int, dict], side: str, what: str, key: str = 
   return by_batch[sizes[-1]][side][what][key] / sizes[-1] / by_batch[1][side][what][key]
 
 
+def per_image_vs_batch(by_batch: Dict[int, dict], side: str, what: str) -> Dict[str, float]:
+  """{batch: (ms at batch / batch) / ms at batch 1} for every batch timed."""
+  if what not in by_batch.get(1, {}).get(side, {}):
+    return {}
+  one = by_batch[1][side][what]['ms_median']
+  return {str(b): v[side][what]['ms_median'] / b / one for b, v in sorted(by_batch.items()) if what in v.get(side, {})}
+
+
 def run(args: argparse.Namespace) -> dict:
   load_before = list(os.getloadavg())
   start = time.perf_counter()
@@ -439,7 +495,7 @@ def run(args: argparse.Namespace) -> dict:
   results = []
   for name, model in models.items():
     config = get_config(model)
-    jax_side = JaxSide(config, args.seed)
+    jax_side = JaxSide(config, args.seed, mesh=parallel.batch_mesh() if jax.local_device_count() > 1 else None)
     torch_side = None
     if args.score_sde_pytorch:
       torch_side = TorchSide(config, args.score_sde_pytorch, args.pds_pytorch, args.torch_threads, args.seed)
@@ -455,6 +511,7 @@ def run(args: argparse.Namespace) -> dict:
       shape = (batch, size, size, channels)
       sides = {'jax': jax_side} if torch_side is None else {'jax': jax_side, 'torch': torch_side}
       by_batch[batch] = measure_batch(sides, shape, pre, args, batch in pc_batches, ('torch', 'jax'))
+      by_batch[batch]['jax_devices'] = jax_side.devices(batch)
       line = ', '.join(f'{side} {what} {v["ms_median"]:.1f}' for side in ('jax', 'torch')
                        for what, v in by_batch[batch].get(side, {}).items())
       print(f'{name} batch {batch}: {line} ms (load {os.getloadavg()[0]:.1f})', flush=True)
@@ -473,6 +530,8 @@ def run(args: argparse.Namespace) -> dict:
         'by_batch': {str(b): v for b, v in by_batch.items()},
         'per_image_8_over_1': {f'{side}_{what}': per_image_ratio(by_batch, side, what)
                                for side in ('jax', 'torch') for what in ('forward', 'vanilla', 'pds')},
+        'per_image_vs_batch': {f'{side}_{what}': per_image_vs_batch(by_batch, side, what)
+                               for side in ('jax', 'torch') for what in ('forward', 'vanilla', 'pds')},
         'per_image_8_over_1_cpu': {f'{side}_{what}': per_image_ratio(by_batch, side, what, 'cpu_ms_median')
                                    for side in ('jax', 'torch') for what in ('forward', 'vanilla', 'pds')},
         'layers': {str(b): v for b, v in layers_.items()}})
@@ -488,6 +547,7 @@ def run(args: argparse.Namespace) -> dict:
           'quick': args.quick, 'repeats': args.repeats, 'num_steps_per_call': args.num_steps, 'alpha': args.alpha,
           'snr': SNR, 'eps': EPS, 'torch_threads': args.torch_threads, 'score_sde_pytorch': args.score_sde_pytorch,
           'pds_pytorch': args.pds_pytorch, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'jax_devices': args.jax_devices, 'jax_local_devices': jax.local_device_count(),
           'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
           'weights': f'random: init_model (seed {args.seed}) and the official torch initialisation, init_scale 1',
           'timing': 'warm-up call per setting (+1 for torch), then repetitions alternating all settings of a '
@@ -581,8 +641,141 @@ def report(payload: dict) -> str:
   return '\n'.join(lines + [payload['machine']])
 
 
+# ----------------------------------------------------------------------------- one core against all cores
+
+
+def _start_devices(jax_devices: str) -> None:
+  """Host CPU devices before JAX's backend starts (as main.py does); the user's XLA_FLAGS count wins."""
+  count = len(os.sched_getaffinity(0)) if jax_devices == 'auto' else int(jax_devices)
+  if count > 1 and parallel.FORCE_DEVICES_FLAG not in os.environ.get('XLA_FLAGS', ''):
+    jax.config.update('jax_num_cpu_devices', count)
+
+
+def run_cores(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+  """This benchmark on the first core (taskset, torch 1 thread, one JAX device) and on every core (torch one
+  thread per core, one JAX device per core), as child processes, `--rounds` pairs in alternating order."""
+  import subprocess
+  import tempfile
+  cores = sorted(os.sched_getaffinity(0))
+  setups = {'one_core': (['taskset', '-c', str(cores[0])], ['--torch_threads', '1', '--jax_devices', '1']),
+            'all_cores': ([], ['--torch_threads', str(len(cores)), '--jax_devices', 'auto'])}
+  setups = {name: setups[name] for name in args.setups.split(',')}
+  child_argv = [a for a in argv if a != '--cores']
+  runs: Dict[str, List[dict]] = {name: [] for name in ('one_core', 'all_cores')}
+  load_before = list(os.getloadavg())
+  start = time.perf_counter()
+  for r in range(args.rounds):
+    for name in (list(setups) if r % 2 == 0 else list(setups)[::-1]):
+      prefix, extra = setups[name]
+      with tempfile.TemporaryDirectory() as out_dir:
+        cmd = prefix + [sys.executable, '-m', 'benchmarks.step_profile', *child_argv, *extra, '--out_dir', out_dir,
+                        '--label', f'{args.label} {name} round {r}'.strip()]
+        print(f'round {r} {name}: {" ".join(cmd)}', flush=True)
+        subprocess.run(cmd, check=True, cwd=common.REPO)
+        stem = 'step_profile_quick' if args.quick else 'step_profile'
+        with open(os.path.join(out_dir, f'{stem}.json')) as f:
+          runs[name].append(json.load(f))
+  return summarise_cores(runs, {'cores': cores, 'rounds': args.rounds, 'argv': list(child_argv),
+                                'setups': {k: ' '.join(p + e) for k, (p, e) in setups.items()},
+                                'load_average_before': load_before, 'total_wall_s': time.perf_counter() - start})
+
+
+def _median_ms(payloads: List[dict], model: str, batch: str, side: str, what: str) -> Optional[float]:
+  """The median over rounds of a setting's median ms (None where it was not timed)."""
+  values = []
+  for payload in payloads:
+    r = next(r for r in payload['results'] if r['model'] == model)
+    v = r['by_batch'].get(batch, {}).get(side, {}).get(what)
+    if v is not None:
+      values.append(v['ms_median'])
+  return common.median(values) if values else None
+
+
+def summarise_cores(runs: Dict[str, List[dict]], setting: dict) -> dict:
+  """Per (model, batch, side, what): ms on one core and on all cores, the speed-up (one / all), torch / pds_jax on
+  all cores, and the per-image cost against batch 1 on each setup."""
+  rows = []
+  first = (runs['all_cores'] or runs['one_core'])[0]
+  for r in first['results']:
+    model = r['model']
+    for batch in r['by_batch']:
+      for what in ('forward', 'vanilla', 'pds'):
+        row = {'model': model, 'batch': int(batch), 'what': what,
+               'jax_devices': r['by_batch'][batch].get('jax_devices', 1)}
+        for side in ('jax', 'torch'):
+          one = _median_ms(runs['one_core'], model, batch, side, what) if runs['one_core'] else None
+          every = _median_ms(runs['all_cores'], model, batch, side, what) if runs['all_cores'] else None
+          base = {name: _median_ms(runs[name], model, '1', side, what) if runs[name] else None for name in runs}
+          row[side] = {'one_core_ms': one, 'all_cores_ms': every,
+                       'speedup': one / every if one and every else None,
+                       'per_image_vs_batch_1': {name: (ms / int(batch) / base[name] if ms and base[name] else None)
+                                                for name, ms in (('one_core', one), ('all_cores', every))}}
+        if row['jax']['one_core_ms'] is None and row['jax']['all_cores_ms'] is None:
+          continue
+        for name in ('one_core', 'all_cores'):
+          t, j = row['torch'][f'{name}_ms'], row['jax'][f'{name}_ms']
+          row[f'torch_over_jax_{name}'] = t / j if t and j else None
+        rows.append(row)
+  return {'benchmark': 'step_profile_cores', 'label': first['label'], 'setting': setting,
+          'machine': first['machine'], 'rows': rows, 'runs': runs,
+          'environment': {**common.environment(), 'load_average_after': list(os.getloadavg())}}
+
+
+def plot_cores(payload: dict, path) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  models = sorted({row['model'] for row in payload['rows']})
+  fig, axes = plt.subplots(1, len(models), figsize=(4.8 * len(models), 4), squeeze=False)
+  for ax, model in zip(axes[0], models):
+    for side, color in (('jax', 'C0'), ('torch', 'C1')):
+      for name, style in (('one_core', 'o--'), ('all_cores', 's-')):
+        pts = sorted((row['batch'], row[side]['per_image_vs_batch_1'][name]) for row in payload['rows']
+                     if row['model'] == model and row['what'] == 'forward'
+                     and row[side]['per_image_vs_batch_1'][name] is not None)
+        if pts:
+          ax.plot(*zip(*pts), style, color=color, label=f'{"pds_jax" if side == "jax" else "torch"} {name}')
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('batch size')
+    ax.set_ylabel('forward: per-image cost / batch 1')
+    ax.set_title(model, fontsize=10)
+    ax.legend(fontsize=7)
+  fig.suptitle(textwrap.fill(payload['machine'], 150), fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def report_cores(payload: dict) -> str:
+  r2 = lambda v: None if v is None else round(v, 2)
+  main_rows, image_rows = [], []
+  for row in payload['rows']:
+    main_rows.append([row['model'], row['batch'], row['what'], row['jax_devices'],
+                      r2(row['torch'].get('one_core_ms')), r2(row['jax']['one_core_ms']),
+                      r2(row['torch'].get('all_cores_ms')), r2(row['jax']['all_cores_ms']),
+                      r2(row['torch']['speedup']), r2(row['jax']['speedup']),
+                      r2(row['torch_over_jax_one_core']), r2(row['torch_over_jax_all_cores'])])
+    image_rows.append([row['model'], row['batch'], row['what']] +
+                      [r2(row[side]['per_image_vs_batch_1'][name]) for side in ('torch', 'jax')
+                       for name in ('one_core', 'all_cores')])
+  unit = 'ms per call (forward) or per step (vanilla, PDS), medians'
+  return '\n'.join([
+      f'one core against all cores ({len(payload["setting"]["cores"])}): {unit}',
+      common.markdown_table(['model', 'batch', 'what', 'jax devices', 'torch 1 core', 'pds_jax 1 core',
+                             'torch all', 'pds_jax all', 'torch speed-up', 'pds_jax speed-up',
+                             'torch/pds_jax 1 core', 'torch/pds_jax all'], main_rows), '',
+      'per-image cost / batch 1',
+      common.markdown_table(['model', 'batch', 'what', 'torch 1 core', 'torch all', 'pds_jax 1 core', 'pds_jax all'],
+                            image_rows), '', payload['machine']])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
   args = parse_args(argv)
+  if args.cores:
+    payload = run_cores(args, sys.argv[1:] if argv is None else list(argv))
+    return common.finish(common.output_paths('step_profile_cores', args.out_dir, args.quick), payload, plot_cores,
+                         report_cores)
+  _start_devices(args.jax_devices)
   common.use_compilation_cache()
   paths = common.output_paths('step_profile', args.out_dir, args.quick)
   payload = run(args)

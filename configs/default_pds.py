@@ -113,10 +113,12 @@ def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
   """Adds initialization-aware sampling (Fassina et al.; `pds_jax.init_aware`) to a config in place.
 
   config.sampling:
-    init: x_T's distribution for every method — 'prior' (the SDE's prior at T, the default), or a
-      q_T at σ_T fitted by --mode fit_init: 'spectral_gaussian' (closed form, zero training), 'flow'
-      (learned), 'gaussian' (N(0, σ_T² I), uninformed) or 'empirical' (training images + σ_T ε, the
-      oracle). fit_init fits 'spectral_gaussian' when init is 'prior'.
+    init: x_T's distribution for every method — 'auto' (the default: the spectral Gaussian q_T of the
+      init folder for deterministic methods on VE models, whose trained denoisers can fail at large
+      σ — docs/results.md, "Noise samples" — and the SDE's prior otherwise), 'prior' (the SDE's
+      prior at T), or a q_T at σ_T fitted by --mode fit_init: 'spectral_gaussian' (closed form, zero
+      training), 'flow' (learned), 'gaussian' (N(0, σ_T² I), uninformed) or 'empirical' (training
+      images + σ_T ε, the oracle). fit_init fits 'spectral_gaussian' for 'auto' and 'prior'.
     init_path: read-only: where sampling reads q_T when <workdir>/init (what --mode fit_init writes)
       holds none; the shipped config points it at the shipped init. None: <workdir>/init only.
     init_sampler, init_nodes, init_rho, init_sigma_min: the method = 'init_aware' alias (the
@@ -137,7 +139,7 @@ def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
       the flow for init = 'flow' (TarFlow's data_scale None means 2 σ_T, the paper's 7 → 14).
   """
   s = config.sampling
-  s.init = 'prior'
+  s.init = 'auto'
   s.init_sampler = 'heun'
   s.init_nodes = 20
   s.init_rho = 5.

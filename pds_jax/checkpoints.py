@@ -606,13 +606,15 @@ STORED_OVERRIDE_GROUPS = ('model', 'data')  # the fields that decide which check
 def write_config_overrides(workdir: str, overrides: Mapping[str, Any]) -> Optional[str]:
   """Writes the model.* / data.* entries of `overrides` (--config.<field> values of --mode convert) to
   workdir/checkpoints/config_overrides.json, beside the converted checkpoint; returns its path (None
-  when there are none)."""
+  when there are none: an earlier conversion's file is then removed)."""
   import json  # pylint: disable=import-outside-toplevel
   kept = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(overrides.items())
           if k.split('.')[0] in STORED_OVERRIDE_GROUPS}
-  if not kept:
-    return None
   path = os.path.join(workdir, 'checkpoints', OVERRIDES_FILE)
+  if not kept:
+    if os.path.isfile(path):  # an earlier conversion's overrides do not describe this one
+      os.remove(path)
+    return None
   text = json.dumps({'written_by': '--mode convert', 'overrides': kept}, indent=2)
   atomic_write(path, lambda f: f.write(text.encode()))
   return path

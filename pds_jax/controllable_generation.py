@@ -41,7 +41,6 @@ import numpy as np
 from pds_jax import gaussian, sampling, sde_lib
 from pds_jax.samplers.driver import Sampler, ScoreFn, normal, split
 from pds_jax.samplers.pc import PCSolver, speed_up_schedule
-from pds_jax.preconditioning import Preconditioner
 from pds_jax.shards import as_count
 from pds_jax.utils import batch_mul
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from pds_jax import sde_lib
 from pds_jax.samplers import ode
-from pds_jax.samplers.driver import NonFiniteSampleError, Sampler, ScoreFn, Solver, split
+from pds_jax.samplers.driver import Sampler, ScoreFn, split
 
 BITS_OFFSET_8BIT = 8.  # log2(256): density of [0, 1] data -> probability of 8-bit pixels
 
@@ -74,34 +74,24 @@ class LikelihoodState(NamedTuple):
   ok: jax.Array                # (B,) bool: the adaptive solve reached T
 
 
-class LikelihoodSolver(Solver):
+class LikelihoodSolver(ode.AdaptiveODESolver):
   """The augmented probability-flow ODE from eps to T as one driver step (see the module docstring).
 
   x_init is the data (in the model's variable) at t = eps; `output` is the latent z = x(T) and
   `aux` holds log p_eps(x) = log p_T(z) + Δ log p per image (nats).
   """
   hutchinson_type: str = eqx.field(static=True)
-  rtol: float = eqx.field(static=True)
-  atol: float = eqx.field(static=True)
-  method: str = eqx.field(static=True)
-  eps: float = eqx.field(static=True)
-  max_steps: int = eqx.field(static=True)
   name = 'likelihood'
+  goal = 'T'
+  items = 'images'
+  tolerance_fields = 'config.likelihood.rtol / atol'
 
   def __init__(self, sde: sde_lib.SDE, hutchinson_type: str = 'Rademacher', rtol: float = 1e-5,
                atol: float = 1e-5, method: str = 'RK45', eps: float = 1e-5, max_steps: int = 4096):
-    super().__init__(sde, eps)
+    super().__init__(sde, eps, eps, rtol, atol, method, max_steps)  # x_init is the data at t = eps
     if hutchinson_type not in ode.HUTCHINSON_TYPES:
       raise ValueError(f'likelihood: hutchinson_type = {hutchinson_type!r}; choose one of {ode.HUTCHINSON_TYPES}.')
-    if not 0 < eps < sde.T:
-      raise ValueError(f'likelihood: eps must lie in (0, T = {sde.T}), got {eps}.')
-    if not (rtol > 0 and atol > 0):
-      raise ValueError(f'likelihood: rtol and atol must be > 0, got {rtol}, {atol}.')
-    if int(max_steps) < 1:
-      raise ValueError(f'likelihood: max_steps must be >= 1, got {max_steps}.')
-    ode.get_ode_method(method)
-    self.hutchinson_type, self.rtol, self.atol, self.method = hutchinson_type, rtol, atol, method
-    self.eps, self.max_steps = eps, int(max_steps)
+    self.hutchinson_type = hutchinson_type
 
   @property
   def num_steps(self) -> int:
@@ -109,10 +99,6 @@ class LikelihoodSolver(Solver):
 
   def step_times(self) -> np.ndarray:
     return np.array([self.eps])
-
-  @property
-  def static_nfe(self):
-    return None
 
   def init(self, rng, x):
     b = x.shape[0]
@@ -135,20 +121,8 @@ class LikelihoodSolver(Solver):
   def output(self, state):
     return state.x
 
-  def nfe(self, state):
-    return state.nfe
-
   def aux(self, state):
     return {'logp': self.sde.prior_logp(state.x) + state.delta_logp}
-
-  def check_final(self, state) -> None:
-    ok = np.asarray(state.ok)
-    if not ok.all():
-      raise NonFiniteSampleError(
-          0, self.eps, self.num_steps, self.name,
-          reason=f'the adaptive solve of {int((~ok).sum())} of {ok.size} images did not reach T within '
-                 f'{self.max_steps} steps (a non-finite score or a very stiff ODE)',
-          hint='Check the model, or loosen config.likelihood.rtol / atol.')
 
 
 class LikelihoodFn:

@@ -8,6 +8,11 @@
 - Many hosts: `initialize_distributed` starts JAX's distributed runtime; sample rounds are dealt
   round-robin (`host_rounds`), so every round is computed whole by one host and the sample set does
   not depend on the number of hosts.
+- Every core of a CPU machine: XLA:CPU runs one program on one device mostly on one core (at
+  batch 8 the deep NCSN++ forward used 1.2-1.4 cores of 2). Before JAX starts, `use_cpu_cores`
+  makes one host CPU device per core (`jax_num_cpu_devices`) when the batch divides among them, so
+  the mesh path above runs one slice of the batch per core. `PDS_JAX_CPU_DEVICES=1` turns it off;
+  a user's `--xla_force_host_platform_device_count` is kept. Measured in `benchmarks/step_profile.py`.
 - Reproducibility: sample i of the job uses the key fold_in(PRNGKey(seed), i) for all its noise
   (`sampling.sample_keys`), so one seed gives the same set on any device or host count. The only
   coupling between samples is the Langevin corrector's step size (a mean of norms over the round's
@@ -16,12 +21,16 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+import logging
+import os
+from typing import Mapping, Optional
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PARALLEL_MODES = ('sharding', 'pmap')
+CPU_DEVICES_ENV = 'PDS_JAX_CPU_DEVICES'  # 'auto' (default), or a device count (1: one device, as JAX starts)
+FORCE_DEVICES_FLAG = '--xla_force_host_platform_device_count'
 
 
 def batch_mesh(devices=None) -> Mesh:
@@ -50,6 +59,55 @@ def place_keys(keys: jax.Array, mode: str) -> jax.Array:
     raise ValueError(f'the batch of {keys.shape[0]} samples is not divisible by the {d} local devices; '
                      f'set config.eval.batch_size to a multiple of {d}.')
   return jax.device_put(keys, batch_sharding()) if mode == 'sharding' and d > 1 else keys
+
+
+def cpu_device_count(batch_size: int, cores: int) -> int:
+  """The largest divisor of `batch_size` not above `cores`: a batch that does not divide among the cores
+  runs on fewer devices (1 for a prime batch), never padded, so every device samples whole samples."""
+  return max(d for d in range(1, max(1, min(cores, batch_size)) + 1) if batch_size % d == 0)
+
+
+def cpu_devices_wanted(batch_size: int, environ: Mapping[str, str] = os.environ,
+                       cores: Optional[int] = None) -> Optional[int]:
+  """The host CPU device count to start JAX with for batches of `batch_size`, or None to leave JAX as is.
+
+  None when the user chose: XLA_FLAGS holds --xla_force_host_platform_device_count, or JAX_NUM_CPU_DEVICES
+  is set, or JAX_PLATFORMS names another backend first. Else PDS_JAX_CPU_DEVICES: a count, or 'auto'
+  (unset) for `cpu_device_count(batch_size, cores)` with the cores this process may run on (taskset).
+  """
+  if FORCE_DEVICES_FLAG in environ.get('XLA_FLAGS', '') or environ.get('JAX_NUM_CPU_DEVICES'):
+    return None
+  platforms = environ.get('JAX_PLATFORMS', '')
+  if platforms and platforms.split(',')[0].strip().lower() != 'cpu':
+    return None
+  value = environ.get(CPU_DEVICES_ENV, 'auto').strip().lower() or 'auto'
+  if value != 'auto':
+    try:
+      count = int(value)
+    except ValueError:
+      count = 0
+    if count < 1:
+      raise ValueError(f'{CPU_DEVICES_ENV}={environ[CPU_DEVICES_ENV]!r}: set it to auto or a device count >= 1.')
+    return count
+  cores = len(os.sched_getaffinity(0)) if cores is None else cores
+  return cpu_device_count(batch_size, cores)
+
+
+def use_cpu_cores(batch_size: int, environ: Mapping[str, str] = os.environ) -> Optional[int]:
+  """Before JAX's backend starts: one host CPU device per core for batches of `batch_size` (see
+  `cpu_devices_wanted`), so `batch_mesh()` splits each batch over the cores. The devices exist only on the
+  CPU backend: with a GPU or TPU as the default backend, `jax.local_devices()` are still the accelerators.
+  Returns the count set, or None when JAX is left as it is (the user's choice, or a backend already started).
+  """
+  count = cpu_devices_wanted(batch_size, environ)
+  if count is None or count == 1:
+    return None
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError as e:  # the backend has started already: nothing to change any more
+    logging.warning('kept the CPU device count (%s): %s', CPU_DEVICES_ENV, e)
+    return None
+  return count
 
 
 def host_rounds(num_rounds: int, process_index: Optional[int] = None, process_count: Optional[int] = None) -> range:

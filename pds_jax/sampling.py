@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from pds_jax import sde_lib
-from pds_jax.preconditioning import ALPHA_FEW_STEPS, Preconditioner, pds_alpha  # noqa: F401
+from pds_jax.preconditioning import Preconditioner, pds_alpha  # noqa: F401
 from pds_jax.samplers import methods
 from pds_jax.samplers.driver import (NonFiniteSampleError, Sampler, ScoreFn, Solver, normal,  # noqa: F401
                                      sample_keys, split)
@@ -47,10 +47,19 @@ def apply_masks(masks: Masks, alpha: Optional[float], num_steps: int) -> Tuple[P
   return masks(alpha), alpha
 
 
+# Why deterministic solvers on VE models start from a fitted q_T (`sampling.init = 'auto'`).
+VE_PRIOR_WARNING = (
+    'sampling.method %s is deterministic and samples this VE model from its prior: on the shipped model 94-100 %% '
+    'of such samples were pure noise, because the trained denoiser fails above sigma ~ 5 (its error is 7-69x that '
+    'of a linear filter at sigma 16-50; a stochastic sampler washes that error out, an ODE solver carries it to '
+    'the end; docs/results.md, "Noise samples"). Fit an init (--mode fit_init) and sample with '
+    '--config.sampling.init=auto or spectral_gaussian, or use a stochastic method (%s).')
+
+
 def _start(resolved: methods.Resolved, sde: sde_lib.SDE, init: Init) -> Tuple[object, Start]:
   """(q_T, Start(t(σ_T), σ_T)) of a fitted init, or (None, Start(T, σ(T))) for the prior."""
   sigma_max = float(sde.edm_sigma(np.float64(sde.T)))
-  if resolved.init == methods.PRIOR:
+  if resolved.init == methods.PRIOR or (resolved.init == methods.AUTO and init is None):
     return None, Start(sde.T, sigma_max)
   if init is None:
     raise ValueError(f'config.sampling.init = {resolved.init!r} needs its q_T: pass init=(q_T, sigma_T) from '
@@ -81,6 +90,13 @@ class SamplingFn:
     return samples, self.nfe
 
 
+def _init_name(kind: str, q_t) -> str:
+  """The init a run used: 'auto' resolves to 'prior' or the fitted kind (its class's `kind`)."""
+  if kind != methods.AUTO:
+    return kind
+  return methods.PRIOR if q_t is None else methods.INIT_AWARE_DEFAULT
+
+
 def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, eps: float,
                     preconditioner: Masks = None, axis_name: Optional[str] = None, pmap: bool = False,
                     mesh: Optional[jax.sharding.Mesh] = None, init: Init = None) -> SamplingFn:
@@ -91,23 +107,34 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
     pc          predictor, corrector, snr, n_steps_each, probability_flow, pds_variant; N steps from
                 num_steps (eps kept) or PDS's speed_up k (N = int(num_scales / k), eps · k).
     ode         score_sde's probability-flow sampler: diffrax ode_method, ode_rtol, ode_atol.
-    euler, heun, ancestral   EDM's σ-grid samplers: num_steps Karras nodes (rho) from σ(T) to σ(eps).
+    euler, heun, ancestral   EDM's σ-grid samplers: num_steps nodes from σ(T) to σ(eps) on the
+                `schedule` grid (karras with rho, logsnr, time_uniform, tuned).
     dpm_solver  dpm_solver_variant ('dpm_solver': singlestep, 'dpm_solver++': multistep) of
-                solver_order 1/2/3 on the same grid.
+                solver_order 1/2/3 on the same grids.
     init_aware  the alias of the earlier init-aware sampler: init_sampler on init_nodes Karras nodes
                 (init_rho) from σ_T to init_sigma_min, init from sampling.init.
+  and every method registered in `pds_jax.samplers` since (`methods.method_names()`).
   sampling.init: 'prior' (the SDE's prior at T), or a q_T fitted by --mode fit_init, given as
-  init=(q_T, σ_T). preconditioner: PDS masks (`Masks`): α(N) is computed here, once, from the
-  built method's N unless sampling.alpha is set. PDS applies to 'pc' and 'ancestral' and is
-  refused elsewhere.
+  init=(q_T, σ_T); 'auto' (the default): the given q_T for deterministic methods on VE models, the
+  prior otherwise (with a warning when a deterministic method starts a VE model from its prior).
+  preconditioner: PDS masks (`Masks`): α(N) is computed here, once, from the built method's N
+  unless sampling.alpha is set. PDS applies to the methods registered with pds=True
+  (`methods.pds_methods()`) and is refused elsewhere.
 
   Raises:
     ValueError naming the field for any invalid setting, before anything is compiled.
   """
   s = config.sampling
   resolved = methods.resolve(s)
+  solver = resolved.build(sde, eps, Start(sde.T, float(sde.edm_sigma(np.float64(sde.T)))))  # from the prior
+  if resolved.init == methods.AUTO and (solver.stochastic or not isinstance(sde, sde_lib.VESDE)):
+    init = None  # 'auto': the prior for stochastic methods and VP / sub-VP models
   q_t, start = _start(resolved, sde, init)
-  solver = resolved.build(sde, eps, start).with_axis_name(axis_name)
+  if q_t is not None:
+    solver = resolved.build(sde, eps, start)
+  elif isinstance(sde, sde_lib.VESDE) and not solver.stochastic:
+    logging.warning(VE_PRIOR_WARNING, resolved.method.name, ', '.join(methods.stochastic_methods()))
+  solver = solver.with_axis_name(axis_name)
   preconditioner, alpha = apply_masks(preconditioner, s.get('alpha'), solver.num_steps)
   solver.check_preconditioner(preconditioner)
   if not preconditioner.is_identity and not isinstance(sde, sde_lib.VESDE):
@@ -116,7 +143,8 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
                     'models.', type(sde).__name__)
   sampler = Sampler(solver, shape, inverse_scaler, init=q_t, pmap=pmap, mesh=mesh)
   settings = {**resolved.settings(), 'sde': type(sde).__name__, 'num_steps': solver.num_steps,
-              'nfe': solver.static_nfe, 'init': resolved.init, 'sigma_t': None if q_t is None else start.sigma,
+              'nfe': solver.static_nfe, 'init': _init_name(resolved.init, q_t), 'init_rule': resolved.init,
+              'sigma_t': None if q_t is None else start.sigma,
               'pds_variant': s.get('pds_variant', 'official'), 'preconditioned': not preconditioner.is_identity,
               'alpha': alpha, 'alpha_rule': alpha is not None and s.get('alpha') is None, **solver.settings()}
   return SamplingFn(sampler, preconditioner, s.get('num_chunks', 1), settings)

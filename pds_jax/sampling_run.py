@@ -89,12 +89,21 @@ def compare_preconditioner(config) -> sampling.Masks:
 
 
 def load_init(config, workdir: Optional[str], shape) -> sampling.Init:
-  """(q_T, σ_T) of config.sampling.init from `store.init_folder(config, workdir)`, or None for the prior."""
+  """(q_T, σ_T) of config.sampling.init from `store.init_folder(config, workdir)`, or None for the prior.
+
+  init 'auto': the spectral Gaussian q_T when the folder holds one (`get_sampling_fn` uses it for
+  deterministic methods on VE models), else None.
+  """
   kind = methods.resolve(config.sampling).init
   if kind == methods.PRIOR:
     return None
   from pds_jax.init_aware import store  # reads the fitted q_T files (and their flows)
-  return store.load_init(store.init_folder(config, workdir or '.'), kind, tuple(shape[1:]))
+  folder = store.init_folder(config, workdir or '.')
+  if kind == methods.AUTO:
+    if store.stored_kind(folder) != methods.INIT_AWARE_DEFAULT:
+      return None
+    kind = methods.INIT_AWARE_DEFAULT
+  return store.load_init(folder, kind, tuple(shape[1:]))
 
 
 def get_score_fn(config, workdir: Optional[str], sde: sde_lib.SDE) -> Tuple[Callable, Dict]:

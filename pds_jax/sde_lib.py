@@ -36,9 +36,9 @@ class SDE(eqx.Module):
     self.N = int(N)
 
   @property
-  @abc.abstractmethod
   def T(self) -> float:
-    """End time of the SDE."""
+    """End time of the SDE (1 for every score_sde SDE)."""
+    return 1
 
   @abc.abstractmethod
   def sde(self, x: jax.Array, t: jax.Array) -> Tuple[jax.Array, jax.Array]:
@@ -162,10 +162,6 @@ class _BetaSDE(SDE):
     self.sqrt_alphas_cumprod = jnp.sqrt(self.alphas_cumprod)
     self.sqrt_1m_alphas_cumprod = jnp.sqrt(1. - self.alphas_cumprod)
 
-  @property
-  def T(self) -> float:
-    return 1
-
   def with_num_scales(self, N: int) -> '_BetaSDE':
     return type(self)(self.beta_0, self.beta_1, N)
 
@@ -265,10 +261,6 @@ class VESDE(SDE):
     self.sigma_min = sigma_min
     self.sigma_max = sigma_max
     self.discrete_sigmas = jnp.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), self.N))
-
-  @property
-  def T(self) -> float:
-    return 1
 
   def with_num_scales(self, N: int) -> 'VESDE':
     return type(self)(self.sigma_min, self.sigma_max, N)

@@ -1,7 +1,7 @@
 """Tests for pds_jax.controllable_generation: inpainting and colorization against the exact Gaussian conditional.
 
 On stationary Gaussian images the law of the missing pixels given the known ones is Gaussian in
-closed form (METHOD.md §6): an exact conditional sampler gives E‖x_U - μ_c‖² / tr(Σ_c) = 1, one that
+closed form (docs/method.md §7): an exact conditional sampler gives E‖x_U - μ_c‖² / tr(Σ_c) = 1, one that
 ignores the observation (tr Σ_UU + ‖μ_U - μ_c‖²) / tr Σ_c.
 """
 import jax

@@ -2,7 +2,7 @@
 
 References are closed forms of the exact Gaussian data N(μ, Σ) (pds_jax.gaussian): per Fourier
 mode k (variance λ_k), the probability-flow ODE maps x̃ - μ at σ_s to sqrt((λ + σ²) / (λ + σ_s²)) (x̃ - μ)
-at σ (METHOD.md §6), the denoiser is μ + λ / (λ + σ²) (x̃ - μ), and an ancestral step is a linear
+at σ (docs/method.md §7), the denoiser is μ + λ / (λ + σ²) (x̃ - μ), and an ancestral step is a linear
 Gaussian recursion. Every σ-grid method runs through the driver (`pds_jax.samplers.driver.Sampler`).
 """
 
@@ -163,7 +163,7 @@ ORDER_CASES = [('euler', 1, 1), ('heun', 2, 2), ('dpm_solver', 1, 1), ('dpm_solv
 @pytest.mark.parametrize('name, order, expected_order', ORDER_CASES,
                          ids=[f'{n}{o}' for n, o, _ in ORDER_CASES])
 def test_ode_solvers_converge_to_the_exact_flow_map_at_their_order(sde, name, order, expected_order):
-  """Global error against the exact PF-ODE map on a grid uniform in λ = -log σ (METHOD.md §6)."""
+  """Global error against the exact PF-ODE map on a grid uniform in λ = -log σ (docs/method.md §7)."""
   sigma_t, sigma_end = 5., 0.05
   x_t = _x_t(sigma_t)
   exact = _ode_solution(x_t, sigma_t, sigma_end) * sde.edm_scale(jnp.float32(sde.edm_time(np.float64(sigma_end))))
@@ -183,7 +183,7 @@ def test_ode_solvers_converge_to_the_exact_flow_map_at_their_order(sde, name, or
 
 @pytest.mark.parametrize('name', ['heun', 'dpm_solver++'])
 def test_ve_and_vp_models_of_the_same_data_give_the_same_samples(name):
-  """In EDM's variables the VE and VP probability-flow ODEs of one data law coincide (METHOD.md §6)."""
+  """In EDM's variables the VE and VP probability-flow ODEs of one data law coincide (docs/method.md §9)."""
   sigmas = np.geomspace(5., 0.05, 9)
   x_t = _x_t(5.)
   ve, _ = _run(_solver(name, VE, sigmas), x_t)

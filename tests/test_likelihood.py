@@ -1,4 +1,4 @@
-"""Tests for pds_jax.likelihood: score_sde's bits/dim against the exact Gaussian log-density (METHOD.md §6).
+"""Tests for pds_jax.likelihood: score_sde's bits/dim against the exact Gaussian log-density (docs/method.md §7).
 
 On stationary Gaussian data every marginal is Gaussian, so −log p(x) is known in closed form; the
 probability-flow ODE's flow map and the integral of its divergence are too:

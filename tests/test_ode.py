@@ -1,7 +1,7 @@
 """Tests for pds_jax.samplers.ode: score_sde's probability-flow ODE sampler solved with diffrax.
 
 Reference: on the exact Gaussian data the PF-ODE's flow map is known per Fourier coefficient,
-U(x_t - m_t μ) = sqrt(v(t) / v(s)) U(x_s - m_s μ) with v = m² λ + σ² (METHOD.md §6).
+U(x_t - m_t μ) = sqrt(v(t) / v(s)) U(x_s - m_s μ) with v = m² λ + σ² (docs/method.md §7).
 """
 import jax
 import jax.numpy as jnp

@@ -25,8 +25,8 @@ MAX_README_LINES = 350
 # the task sections, in README order
 TASKS = ('Sample my checkpoint fast', 'PDS', 'Fit an init', 'Likelihood', 'Inpaint or colorize my images',
          'Train and evaluate on my data', 'Scale out')
-# sections whose commands use files an earlier section makes (runs/mine: a trained model, its PDS masks, samples)
-PREREQUISITES = {'Fit an init': ('Train and evaluate on my data',)}
+# commands of another section that make the files a section uses: (section, text of the commands to run)
+PREREQUISITES = {'Fit an init': ('Train and evaluate on my data', '--mode train')}  # runs/mine's checkpoint
 WORKDIRS = {'/path/to/score_sde_workdir': 'score_sde/ve_cifar10_ncsnpp_continuous',
             '/path/to/score_sde_vp_workdir': 'score_sde/vp_cifar10_ddpmpp_continuous'}
 
@@ -190,10 +190,11 @@ def _local(folder: pathlib.Path, name: str) -> pathlib.Path:
   return folder / name.strip('/').replace('/', '_')
 
 
-def _script(blocks, folder: pathlib.Path, only=None) -> str:
-  """The bash blocks as one script: `python main.py` runs this file; pip lines (done already) are left out."""
+def _script(blocks, folder: pathlib.Path) -> str:
+  """(bash block, filter) pairs as one script: `python main.py` runs this file, and only on the lines the
+  block's filter keeps; pip lines (done already) are left out."""
   lines = ['set -eo pipefail']
-  for block in blocks:
+  for block, only in blocks:
     block = block.replace('\\\n', ' ')
     for name in WORKDIRS:
       block = block.replace(name, str(_local(folder, name)))
@@ -219,13 +220,15 @@ DEFAULT_FOLDER = {'sample': 'eval', 'eval': 'eval', 'fit_init': 'init', 'train':
                   'convert': 'checkpoints', 'stats': 'stats', 'fid_stats': 'fid_stats'}
 
 
-def run_sections(titles, tmp_path, only=None):
-  """Runs the README sections' bash blocks in order; checks each command's exit code and outputs."""
+def run_sections(titles, tmp_path, only=None, prerequisites=()):
+  """Runs the README sections' bash blocks in order, the prerequisite (section, command text) pairs first
+  and of the rest the commands `only` keeps; checks each command's exit code and outputs."""
   work = tmp_path / 'work'
   work.mkdir()
   log = tmp_path / 'commands.jsonl'
-  blocks = [b for title in titles for b in bash_blocks(title)]
-  script = _script(blocks, work, only)
+  blocks = [(b, lambda line, text=text: text in line) for title, text in prerequisites for b in bash_blocks(title)]
+  blocks += [(b, only) for title in titles for b in bash_blocks(title)]
+  script = _script(blocks, work)
   inception = _user_files(work, script)
   env = dict(os.environ, README_PY=sys.executable, README_WRAPPER=str(pathlib.Path(__file__).resolve()),
              README_LOG=str(log), README_INCEPTION=str(inception),
@@ -273,7 +276,7 @@ def test_the_gaussian_reference_commands_run(tmp_path):
 @pytest.mark.slow  # each section compiles several NCSN++ programs (sampling, training, likelihood)
 @pytest.mark.parametrize('title', TASKS)
 def test_task_section_commands_run(title, tmp_path):
-  run_sections([*PREREQUISITES.get(title, ()), title], tmp_path)
+  run_sections([title], tmp_path, prerequisites=[PREREQUISITES[title]] if title in PREREQUISITES else [])
 
 
 if __name__ == '__main__':

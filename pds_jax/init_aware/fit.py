@@ -23,9 +23,9 @@ def check_fit_config(config) -> str:
   """Validates config.sampling.init and config.init_aware; returns the kind of q_T to fit
   ('prior' fits `store.FIT_DEFAULT`, the closed-form spectral Gaussian). ValueError naming the field."""
   s, ia = config.sampling, config.init_aware
-  kind = store.FIT_DEFAULT if s.init == store.PRIOR else s.init
+  kind = store.FIT_DEFAULT if s.init in (store.PRIOR, 'auto') else s.init
   if kind not in store.INITS:
-    raise ValueError(f'config.sampling.init = {s.init!r}; choose one of {(store.PRIOR,) + store.INITS}.')
+    raise ValueError(f'config.sampling.init = {s.init!r}; choose one of {("auto", store.PRIOR) + store.INITS}.')
   if not 0 < ia.val_fraction < 1:
     raise ValueError(f'config.init_aware.val_fraction = {ia.val_fraction} must lie in (0, 1).')
   if ia.sigma_t_rule not in SIGMA_T_RULES:

@@ -90,6 +90,15 @@ def save_init(folder: str, kind: str, init, sigma_t: float, shape: Tuple[int, ..
   return json_path
 
 
+def stored_kind(folder: str) -> Optional[str]:
+  """The kind of q_T a fit_init folder holds (its init.json), or None when it holds none."""
+  json_path = os.path.join(folder, 'init.json')
+  if not os.path.isfile(json_path):
+    return None
+  with open(json_path) as f:
+    return json.load(f).get('init')
+
+
 def load_init(folder: str, kind: str, shape: Tuple[int, ...]) -> Tuple[inits.InitDistribution, float]:
   """(q_T, σ_T) of `kind` from a fit_init folder; errors name the folder, file and shapes."""
   json_path = os.path.join(folder, 'init.json')

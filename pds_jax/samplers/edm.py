@@ -1,6 +1,6 @@
 """EDM's σ-grid samplers for any score_sde SDE: Euler, Heun (Karras et al. 2022) and the ancestral step.
 
-They step in EDM's variables (`pds_jax.samplers.grid`, docs/method.md §7):
+They step in EDM's variables (`pds_jax.samplers.grid`, docs/method.md §9):
   probability-flow ODE   dx̃/dσ = (x̃ - D(x̃, σ)) / σ                          (EDM eq. 3)
   Euler step             x̃' = x̃ + (σ' - σ) d,  d = (x̃ - D(x̃, σ)) / σ
   Heun step              x̃' = x̃ + (σ' - σ) (d + d') / 2, d' at (x̃_Euler, σ')      (EDM Algorithm 1)
@@ -72,6 +72,6 @@ def _heun(fields, ctx):
   return HeunSolver(ctx.sde, sigma_grid(fields, ctx, 'heun'))
 
 
-@register_method('ancestral', fields=GRID_FIELDS, default_steps=35, pds=True)
+@register_method('ancestral', fields=GRID_FIELDS, default_steps=35, pds=True, stochastic=True)
 def _ancestral(fields, ctx):
   return AncestralSolver(ctx.sde, sigma_grid(fields, ctx, 'ancestral'))

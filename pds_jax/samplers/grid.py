@@ -1,4 +1,4 @@
-"""σ grids and the σ-grid solver base: the EDM view of any score_sde SDE (docs/method.md §7).
+"""σ grids and the σ-grid solver base: the EDM view of any score_sde SDE (docs/method.md §9, §10).
 
 Every fast solver steps in EDM's variables (`sde_lib.SDE.edm_sigma`): x̃ = x / m(t) is x_0 + σ ε,
 and the denoiser of a score model is D(x̃, σ) = x̃ + σ² m s(m x̃, t(σ)) (`denoiser_from_score`), so one

@@ -20,6 +20,7 @@ from pds_jax.samplers.driver import Solver
 
 INIT_AWARE = 'init_aware'  # the alias of the earlier init-aware sampler (sampling.init_sampler …)
 PRIOR = 'prior'
+AUTO = 'auto'  # sampling.init's default: a fitted q_T for deterministic methods on VE models, else the prior
 INIT_AWARE_DEFAULT = 'spectral_gaussian'  # what the alias samples from when sampling.init is 'prior'
 
 
@@ -38,6 +39,7 @@ class Method:
   fields: Tuple[str, ...]
   default_steps: Optional[int]
   pds: bool  # whether PDS's preconditioner is defined for the method (else masks are refused)
+  stochastic: bool  # whether its steps inject noise (with its default settings)
 
 
 class Start(NamedTuple):
@@ -80,7 +82,11 @@ class Resolved:
 
   def build(self, sde: sde_lib.SDE, eps: float, start: Start) -> Solver:
     """The method's solver for this SDE and start; raises ValueError naming the field at fault."""
-    return self.method.build(self.fields, self.context(sde, eps, start))
+    solver = self.method.build(self.fields, self.context(sde, eps, start))
+    if solver.preconditioned_by_pds != self.method.pds:
+      raise ValueError(f'sampling method {self.method.name!r} is registered with pds={self.method.pds} but its '
+                       f'solver {type(solver).__name__} has preconditioned_by_pds={solver.preconditioned_by_pds}.')
+    return solver
 
   def settings(self) -> Dict[str, Any]:
     """The resolved fields for run.json / report.json (speed_up only when it set the steps)."""
@@ -104,19 +110,20 @@ def declare_field(name: str, default: Any, kind: type, doc: str) -> str:
 
 
 def register_method(name: str, *, fields: Tuple[str, ...] = (), default_steps: Optional[int] = None,
-                    pds: bool = False):
+                    pds: bool = False, stochastic: bool = False):
   """Registers `build(fields, context) -> Solver` as `config.sampling.method = name`.
 
   fields: the `config.sampling` fields the method reads (declared with `declare_field`, or
   score_sde's own, which every config sets); default_steps: its steps when sampling.num_steps
   is unset (None: the method sets its steps otherwise); pds: whether its solvers define PDS
-  (`Solver.preconditioned_by_pds`).
+  (`Solver.preconditioned_by_pds`); stochastic: whether its steps inject noise with its default
+  settings (`Solver.stochastic`; listed in messages that recommend a stochastic method).
   """
 
   def register(build: Callable) -> Callable:
     if name in _METHODS:
       raise ValueError(f'sampling method {name!r} is already registered.')
-    _METHODS[name] = Method(name, build, tuple(fields), default_steps, pds)
+    _METHODS[name] = Method(name, build, tuple(fields), default_steps, pds, stochastic)
     return build
 
   return register
@@ -137,6 +144,11 @@ def pds_methods() -> Tuple[str, ...]:
   return tuple(name for name in sorted(_METHODS) if _METHODS[name].pds)
 
 
+def stochastic_methods() -> Tuple[str, ...]:
+  """The methods whose steps inject noise."""
+  return tuple(name for name in sorted(_METHODS) if _METHODS[name].stochastic)
+
+
 def declared_fields() -> Dict[str, Field]:
   """Every declared `config.sampling` field, for configs/default_pds.py."""
   return dict(_FIELDS)
@@ -151,9 +163,9 @@ def _field(sampling, name: str) -> Any:
 
 def _init_kind(sampling, alias: bool) -> str:
   kind = sampling.get('init', PRIOR)
-  if kind != PRIOR and kind not in inits.KINDS:
-    raise ValueError(f'config.sampling.init = {kind!r}; choose one of {(PRIOR,) + inits.KINDS}.')
-  return INIT_AWARE_DEFAULT if alias and kind == PRIOR else kind
+  if kind not in (AUTO, PRIOR) + inits.KINDS:
+    raise ValueError(f'config.sampling.init = {kind!r}; choose one of {(AUTO, PRIOR) + inits.KINDS}.')
+  return INIT_AWARE_DEFAULT if alias and kind in (AUTO, PRIOR) else kind
 
 
 INIT_SAMPLERS = ('heun', 'euler', 'ancestral', 'pc')  # of the init_aware alias (sampling.init_sampler)

@@ -113,7 +113,57 @@ class ODEState(NamedTuple):
   ok: jax.Array   # (B,) bool: the adaptive solve reached eps
 
 
-class ODESolver(Solver):
+class AdaptiveODESolver(Solver):
+  """A method made of one adaptive diffrax solve per sample (`solve`): the ODE sampler and the likelihood.
+
+  Fields (static): eps (the solve's end near 0: score_sde's eps), rtol / atol (the PID controller's
+  tolerances), method ('RK45' = 'dopri5', or 'tsit5'), max_steps (the step budget per sample).
+  Class attributes: `goal` (where the solve ends, for messages: 'eps' or 'T'), `items` ('samples'
+  or 'images'), `tolerance_fields` (the config fields to loosen).
+  """
+  eps: float = eqx.field(static=True)
+  rtol: float = eqx.field(static=True)
+  atol: float = eqx.field(static=True)
+  method: str = eqx.field(static=True)
+  max_steps: int = eqx.field(static=True)
+  goal = 'eps'
+  items = 'samples'
+  tolerance_fields = 'sampling.ode_rtol / sampling.ode_atol'
+
+  def __init__(self, sde: sde_lib.SDE, t_start: float, eps: float, rtol: float, atol: float, method: str,
+               max_steps: int):
+    super().__init__(sde, t_start)
+    limit = sde.T if self.goal == 'T' else self.t_start  # the solve runs between eps and this time
+    if not 0 < eps < limit:
+      raise ValueError(f'{self.name}: eps must lie in (0, {limit}), got {eps}.')
+    if not (rtol > 0 and atol > 0):
+      raise ValueError(f'{self.name}: {self.tolerance_fields} must be > 0, got {rtol}, {atol}.')
+    if int(max_steps) < 1:
+      raise ValueError(f'{self.name}: max_steps must be >= 1, got {max_steps}.')
+    get_ode_method(method)
+    self.eps, self.rtol, self.atol, self.method, self.max_steps = eps, rtol, atol, method, int(max_steps)
+
+  @property
+  def static_nfe(self):
+    return None
+
+  def nfe(self, state):
+    return state.nfe
+
+  def settings(self) -> dict:
+    return {'eps': self.eps}
+
+  def check_final(self, state) -> None:
+    ok = np.asarray(state.ok)
+    if not ok.all():
+      raise NonFiniteSampleError(
+          0, self.step_times()[0], self.num_steps, self.name,
+          reason=f'the adaptive solve of {int((~ok).sum())} of {ok.size} {self.items} did not reach {self.goal} '
+                 f'within {self.max_steps} steps (a non-finite score or a very stiff ODE)',
+          hint=f'Check the model, or loosen {self.tolerance_fields}.')
+
+
+class ODESolver(AdaptiveODESolver):
   """score_sde's probability-flow ODE sampler: step 0 solves from t_start to eps, step 1 denoises.
 
   Args:
@@ -125,24 +175,13 @@ class ODESolver(Solver):
       eps (Tweedie's formula for VE), 1 more NFE.
     max_steps: the solver's step budget per sample.
   """
-  eps: float = eqx.field(static=True)
-  rtol: float = eqx.field(static=True)
-  atol: float = eqx.field(static=True)
-  method: str = eqx.field(static=True)
   denoise: bool = eqx.field(static=True)
-  max_steps: int = eqx.field(static=True)
   name = 'ode'
 
   def __init__(self, sde: sde_lib.SDE, eps: float, t_start: float = None, rtol: float = 1e-5, atol: float = 1e-5,
                method: str = 'RK45', denoise: bool = True, max_steps: int = 4096):
-    super().__init__(sde, sde.T if t_start is None else t_start)
-    if not 0 < eps < self.t_start:
-      raise ValueError(f'ode: eps must lie in (0, t_start = {self.t_start}), got {eps}.')
-    if not (rtol > 0 and atol > 0):
-      raise ValueError(f'ode: sampling.ode_rtol and ode_atol must be > 0, got {rtol}, {atol}.')
-    get_ode_method(method)
-    self.eps, self.rtol, self.atol, self.method = eps, rtol, atol, method
-    self.denoise, self.max_steps = denoise, max_steps
+    super().__init__(sde, sde.T if t_start is None else t_start, eps, rtol, atol, method, max_steps)
+    self.denoise = denoise
 
   @property
   def num_steps(self) -> int:
@@ -178,21 +217,6 @@ class ODESolver(Solver):
 
   def output(self, state):
     return state.x
-
-  def nfe(self, state):
-    return state.nfe
-
-  def check_final(self, state) -> None:
-    ok = np.asarray(state.ok)
-    if not ok.all():
-      raise NonFiniteSampleError(
-          0, self.t_start, self.num_steps, self.name,
-          reason=f'the adaptive solve of {int((~ok).sum())} of {ok.size} samples did not reach eps within '
-                 f'{self.max_steps} steps (a non-finite score or a very stiff ODE)',
-          hint='Check the model, or loosen sampling.ode_rtol / sampling.ode_atol.')
-
-  def settings(self) -> dict:
-    return {'eps': self.eps}
 
 
 @register_method('ode', fields=(ODE_METHOD, ODE_RTOL, ODE_ATOL, NOISE_REMOVAL))

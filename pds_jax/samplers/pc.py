@@ -18,7 +18,7 @@ Where each step puts M (x' = x_mean + noise · M ξ in every case):
   langevin (official PDS)           x_mean = x + ε M Mᵀ s,  ε from ‖M Mᵀ s‖ and ‖M ξ‖
   ald                               x_mean = x + ε M Mᵀ s,  ε = 2 α (snr σ)²   (our extension)
 The extensions precondition the score term only, never a deterministic rescaling of x: the
-Langevin-type steps then keep their stationary law for any constant M (docs/method.md §2), and the
+Langevin-type steps then keep their stationary law for any constant M (docs/method.md §3), and the
 ancestral steps become the PDS reverse-diffusion step with the ancestral posterior variance.
 
 `pds_variant = 'marginal_preserving'` (predictors only) replaces the official reverse drift
@@ -33,7 +33,7 @@ probability-flow ODE the marginal-preserving variant uses no preconditioning at 
 
 `pds_variant = 'corrector_only'` preconditions the Langevin corrector only: the predictor and the
 prior are the plain ones. Langevin with K = M Mᵀ keeps p_t stationary for any constant M
-(docs/method.md §2), so this variant changes how fast the corrector mixes, never what it targets.
+(docs/method.md §4), so this variant changes how fast the corrector mixes, never what it targets.
 """
 
 from __future__ import annotations
@@ -453,7 +453,7 @@ PC_FIELDS = ('predictor', 'corrector', 'snr', 'n_steps_each', 'probability_flow'
              'num_steps', 'speed_up')
 
 
-@register_method('pc', fields=PC_FIELDS, pds=True)
+@register_method('pc', fields=PC_FIELDS, pds=True, stochastic=True)
 def _pc(fields: Mapping, ctx: Context) -> PCSolver:
   """score_sde's PC method: N = sampling.num_steps with score_sde's eps, or PDS's speed_up k (N =
   int(num_scales / k), eps · k; from an init, the same spacing in t)."""

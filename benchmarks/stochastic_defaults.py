@@ -1,0 +1,81 @@
+"""How the defaults of the stochastic samplers were chosen: a sweep of their settings on the shipped model.
+
+For each setting of edm_stochastic (s_churn, s_tmin, s_tmax, s_noise), restart (restart_tmin, restart_tmax,
+restart_k, restart_steps) and dpm_solver++_sde (solver_order, eta) at a few NFE, the shipped model
+(configs/default_model.py, from the prior) is sampled from the same per-sample keys and scored as
+`benchmarks.samplers --target shipped` scores it (SWD ×10³, FD, KID against 2000 patches), with the
+fraction of noise samples: high-pass energy (Fourier radius > size / 4) above 5 × the largest of the
+2000 reference patches'. Writes results/stochastic_defaults.json.
+
+  python -m benchmarks.stochastic_defaults --num_samples 64 --sweep edm_stochastic
+  python -m benchmarks.stochastic_defaults --num_samples 200 --sweep final
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from benchmarks import samplers as bench
+from pds_jax import sampling
+
+SWEEPS = {
+    'edm_stochastic': [({'method': 'edm_stochastic', 's_churn': c, 's_tmin': tmin, 's_tmax': tmax, 's_noise': sn}, n)
+                       for n in (11, 16) for c, tmin, tmax, sn in
+                       ((0., 0.05, 50., 1.), (10., 0.05, 50., 1.003), (40., 0.05, 50., 1.003), (80., 0.05, 50., 1.003),
+                        (40., 0.01, 1., 1.003), (40., 0.05, 50., 1.))],
+    'restart': [({'method': 'restart', 'restart_tmin': tmin, 'restart_tmax': tmax, 'restart_k': k,
+                  'restart_steps': st}, n) for n, tmin, tmax, k, st in
+                ((11, 0.03, 0.3, 2, 3), (11, 0.06, 0.3, 2, 3), (11, 0.03, 1., 2, 3), (11, 0.03, 0.3, 4, 2),
+                 (8, 0.03, 1., 3, 3), (11, 0.1, 1., 2, 3))],
+    'dpm_sde': [({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++_sde', 'solver_order': o, 'eta': eta}, n)
+                for n in (20, 40) for o, eta in ((2, 1.), (2, 0.5), (3, 1.), (3, 0.5))],
+    'pc': [({'method': 'pc'}, 200)],
+}
+
+
+def high_pass_energy(images: np.ndarray) -> np.ndarray:
+  """(B,) mean |FFT|² of each image (B, H, W, C) minus its mean over Fourier radii > H / 4."""
+  size = images.shape[1]
+  f = np.fft.fftfreq(size) * size
+  radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+  power = np.abs(np.fft.fft2(images - images.mean(axis=(1, 2), keepdims=True), axes=(1, 2))) ** 2
+  return power[:, radius > size / 4].mean(axis=(1, 2))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--num_samples', type=int, default=64)
+  p.add_argument('--seed', type=int, default=9)
+  p.add_argument('--sweep', default='edm_stochastic', help=f'comma-separated of {sorted(SWEEPS)}, or a JSON list '
+                 'of [fields, num_steps]')
+  p.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results', 'stochastic_defaults.json'))
+  args = p.parse_args()
+  target = bench.Target('shipped', bench.parse_args(['--target', 'shipped', '--num_samples', str(args.num_samples),
+                                                     '--seed', str(args.seed)]))
+  threshold = 5. * high_pass_energy(np.clip(target.floor_images, 0., 1.)).max()
+  jobs = json.loads(args.sweep) if args.sweep.startswith('[') else [j for s in args.sweep.split(',') for j in SWEEPS[s]]
+  results = json.load(open(args.out)) if os.path.exists(args.out) else []
+  for fields, steps in jobs:
+    config = bench._row_config(target.config, fields, steps, None)
+    start = time.time()
+    try:
+      samples, nfe, _, _ = target.sample(config, None, None)
+      metrics = target.metrics(samples)
+      noise = float(np.mean(high_pass_energy(np.clip(samples, 0., 1.)) > threshold))
+    except sampling.NonFiniteSampleError as e:
+      print(fields, steps, e, flush=True)
+      continue
+    entry = {'fields': fields, 'num_steps': steps, 'nfe': nfe, 'num_samples': args.num_samples, 'seed': args.seed,
+             'metrics': metrics, 'noise_fraction': noise, 'seconds': time.time() - start}
+    results.append(entry)
+    print(json.dumps(entry), flush=True)
+    with open(args.out, 'w') as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
