@@ -73,7 +73,7 @@ _MODE_FLAGS = {
 }
 
 
-# Modes that split config.eval.batch_size over one CPU device per core (PDS_JAX_CPU_DEVICES=1: one device).
+# Modes that may split config.eval.batch_size over one CPU device per core (PDS_JAX_CPU_DEVICES=auto; default 1).
 _CPU_CORE_MODES = ('sample', 'compare', 'likelihood') + _EDIT_MODES
 
 

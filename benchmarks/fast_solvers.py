@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 from benchmarks import common, samplers
 from pds_jax import sampling

@@ -281,10 +281,12 @@ def run_pds(problem: Problem, method: str, fields: dict, num_steps: int, x_init=
   """(samples in the model's range, nfe, settings) of a pds_jax method from the shared x_T."""
   extra = dict(fields, **({'schedule': schedule} if schedule else {}))
   fn = _pds_fn(problem, _pds_config(problem, method, extra, num_steps))
+  if abs(fn.sampler.solver.t_start - problem.sde.T) > 1e-9:  # the shared x_T lives at T (init 'auto' = prior here)
+    raise ValueError(f'{method} starts at t = {fn.sampler.solver.t_start}, not T: the shared prior x_T does not apply.')
   samples, nfe = fn(problem.keys, problem.target.score_fn, x_init=problem.x_T if x_init is None else x_init)
   settings = {k: v for k, v in fn.settings.items() if isinstance(v, (int, float, str, bool)) or v is None}
   if settings.get('schedule') is None and 'sigma_max' in settings:
-    settings['schedule'] = f'{grid.default_schedule(method, problem.sde)} (default)'
+    settings['schedule'] = f'{grid.default_schedule(method)} (default)'
   return np.asarray(jax.block_until_ready(samples), np.float32), nfe, settings
 
 

@@ -31,7 +31,7 @@ Rows (method[+pds]/init; every sampler from the same per-sample keys):
   dpm_solver3   singlestep DPM-Solver-3; dpm++2m / dpm++3m: multistep DPM-Solver++(2M / 3M)
   edm_stochastic  EDM's Algorithm 2 (churn + Heun) at its defaults; restart: Heun + one restart interval (defaults)
   dpm++2m_sde / dpm++3m_sde  SDE-DPM-Solver++(2M / 3M), sampling.eta at its default
-  unipc2, unipc3  UniPC-2 / UniPC-3 (bh2); ipndm: iPNDM-4; each at its defaults, NFE = nodes
+  unipc2, unipc3  UniPC-2 / UniPC-3 (bh2, logsnr); ipndm: iPNDM at its defaults (order 3, logsnr); NFE = nodes
   …/spectral    x_T from the closed-form spectral Gaussian q_T at σ_T (--sigma_t in data units
                 [0, 1], in the model's range for VP); on the Gaussian reference this init is exact,
                 so the row measures the solver from σ_T. No learned flow is fitted here (CPU).

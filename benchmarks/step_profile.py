@@ -28,8 +28,8 @@ Models (score_sde configs, random weights with model.init_scale = 1, VE, continu
 
 6. one core against all cores (`--cores`, issue 23): the benchmark runs twice as child processes, pinned to
    the first core (`taskset`, torch 1 thread, one JAX device) and on every core (torch one thread per core,
-   one JAX host CPU device per core: `--jax_devices auto`, the layout main.py starts with, where a batch that
-   divides among the devices runs split under `shard_map` and any other batch on one device), `--rounds`
+   one JAX host CPU device per core: `--jax_devices auto`, main.py's layout with PDS_JAX_CPU_DEVICES=auto,
+   where a batch that divides among the devices runs split under `shard_map`, any other on one device), `--rounds`
    pairs in alternating order; step_profile_cores.json holds each side's speed-up (one core / all cores),
    torch / pds_jax on each setup and the per-image cost against batch 1.
 
@@ -115,10 +115,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--score_sde_pytorch', type=str, default=None, help='a checkout of yang-song/score_sde_pytorch')
   p.add_argument('--pds_pytorch', type=str, default=None, help='a checkout of the official PDS code (fudan-zvg/PDS)')
   p.add_argument('--torch_threads', type=int, default=2)
-  p.add_argument('--jax_devices', type=str, default='auto',
-                 help="host CPU devices of the JAX side: 'auto' (one per core this process may use, as main.py "
-                      "starts for a batch that divides among them; other batches run on one device) or a count "
-                      "(1: one device, as before issue 23); an --xla_force_host_platform_device_count in XLA_FLAGS wins")
+  p.add_argument('--jax_devices', type=str, default='1',
+                 help="host CPU devices of the JAX side: a count (1: one device, main.py's default) or 'auto' (one "
+                      "per core this process may use, as main.py starts with PDS_JAX_CPU_DEVICES=auto; a batch that "
+                      "does not divide among them runs on one device); XLA_FLAGS' device count wins")
   p.add_argument('--cores', action='store_true',
                  help='one core against all cores: runs this benchmark twice as child processes, pinned to the first '
                       'core (taskset, --torch_threads 1 --jax_devices 1) and on every core (--torch_threads <cores> '

@@ -15,7 +15,7 @@ import numpy as np
 
 from pds_jax import sde_lib
 from pds_jax.preconditioning import Preconditioner, pds_alpha  # noqa: F401
-from pds_jax.samplers import methods
+from pds_jax.samplers import grid, methods
 from pds_jax.samplers.driver import (NonFiniteSampleError, Sampler, ScoreFn, Solver, normal,  # noqa: F401
                                      sample_keys, split)
 from pds_jax.samplers.methods import Start, get_method, register_method  # noqa: F401
@@ -54,6 +54,9 @@ VE_PRIOR_WARNING = (
     'of a linear filter at sigma 16-50; a stochastic sampler washes that error out, an ODE solver carries it to '
     'the end; docs/results.md, "Noise samples"). Fit an init (--mode fit_init) and sample with '
     '--config.sampling.init=auto or spectral_gaussian, or use a stochastic method (%s).')
+
+
+_WARNED = set()
 
 
 def _start(resolved: methods.Resolved, sde: sde_lib.SDE, init: Init) -> Tuple[object, Start]:
@@ -132,7 +135,8 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
   q_t, start = _start(resolved, sde, init)
   if q_t is not None:
     solver = resolved.build(sde, eps, start)
-  elif isinstance(sde, sde_lib.VESDE) and not solver.stochastic:
+  elif isinstance(sde, sde_lib.VESDE) and not solver.stochastic and resolved.method.name not in _WARNED:
+    _WARNED.add(resolved.method.name)  # once per method and process
     logging.warning(VE_PRIOR_WARNING, resolved.method.name, ', '.join(methods.stochastic_methods()))
   solver = solver.with_axis_name(axis_name)
   preconditioner, alpha = apply_masks(preconditioner, s.get('alpha'), solver.num_steps)
@@ -142,7 +146,10 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
                     'to come within 5 %% of PC-2000, the plain PC sampler 93 (docs/results.md); PDS targets VE '
                     'models.', type(sde).__name__)
   sampler = Sampler(solver, shape, inverse_scaler, init=q_t, pmap=pmap, mesh=mesh)
-  settings = {**resolved.settings(), 'sde': type(sde).__name__, 'num_steps': solver.num_steps,
+  fields = resolved.settings()
+  if 'schedule' in fields and fields['schedule'] is None:  # the grid the method used
+    fields['schedule'] = grid.default_schedule(resolved.method.name)
+  settings = {**fields, 'sde': type(sde).__name__, 'num_steps': solver.num_steps,
               'nfe': solver.static_nfe, 'init': _init_name(resolved.init, q_t), 'init_rule': resolved.init,
               'sigma_t': None if q_t is None else start.sigma,
               'pds_variant': s.get('pds_variant', 'official'), 'preconditioned': not preconditioner.is_identity,

@@ -19,15 +19,16 @@ def test_device_count_divides_the_batch(batch, cores, devices):
 
 
 def test_the_users_choice_is_kept():
-  assert parallel.cpu_devices_wanted(8, {}, cores=2) == 2
-  assert parallel.cpu_devices_wanted(9, {}, cores=2) == 1  # fall back: no device gets a partial batch
-  assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': '1'}, cores=2) == 1  # the opt-out
+  assert parallel.cpu_devices_wanted(8, {}, cores=2) == 1  # the default: one device, as JAX starts
+  assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': 'auto'}, cores=2) == 2  # the opt-in
+  assert parallel.cpu_devices_wanted(9, {'PDS_JAX_CPU_DEVICES': 'auto'}, cores=2) == 1  # no partial batches
+  assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': '1'}, cores=2) == 1
   assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': '4'}, cores=2) == 4
   assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': 'auto'}, cores=4) == 4
   assert parallel.cpu_devices_wanted(8, {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}, cores=2) is None
   assert parallel.cpu_devices_wanted(8, {'JAX_NUM_CPU_DEVICES': '3'}, cores=2) is None
   assert parallel.cpu_devices_wanted(8, {'JAX_PLATFORMS': 'cuda,cpu'}, cores=2) is None
-  assert parallel.cpu_devices_wanted(8, {'JAX_PLATFORMS': 'cpu'}, cores=2) == 2
+  assert parallel.cpu_devices_wanted(8, {'JAX_PLATFORMS': 'cpu', 'PDS_JAX_CPU_DEVICES': 'auto'}, cores=2) == 2
   for bad in ('0', 'two'):
     with pytest.raises(ValueError, match='PDS_JAX_CPU_DEVICES'):
       parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': bad}, cores=2)
@@ -70,6 +71,7 @@ def test_cli_samples_identical_with_and_without_the_cpu_core_split(tmp_path):
 def test_step_profile_one_core_against_all_cores_quick(tmp_path):
   """`--cores` runs both setups and reports each side's speed-up and the per-image cost against batch 1."""
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(ROOT / '.jax_cache'), JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  env.pop('PDS_JAX_CPU_DEVICES', None)
   proc = subprocess.run([sys.executable, '-m', 'benchmarks.step_profile', '--quick', '--cores',
                          f'--out_dir={tmp_path}'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]

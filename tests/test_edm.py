@@ -60,7 +60,8 @@ def _solver(name, sde, sigmas, order=2):
   return {'euler': lambda: edm.EulerSolver(sde, sigmas), 'heun': lambda: edm.HeunSolver(sde, sigmas),
           'ancestral': lambda: edm.AncestralSolver(sde, sigmas),
           'dpm_solver': lambda: dpm_solver.DPMSolver(sde, sigmas, order),
-          'dpm_solver++': lambda: dpm_solver.DPMSolverPP(sde, sigmas, order)}[name]()
+          'dpm_solver++': lambda: dpm_solver.DPMSolverPP(sde, sigmas, order, lower_order_final=True),
+          'dpm_solver++/full': lambda: dpm_solver.DPMSolverPP(sde, sigmas, order)}[name]()
 
 
 # ----------------------------------------------------------------------------- grids
@@ -156,7 +157,8 @@ def _slope(steps, errors):
 
 
 ORDER_CASES = [('euler', 1, 1), ('heun', 2, 2), ('dpm_solver', 1, 1), ('dpm_solver', 2, 2), ('dpm_solver', 3, 3),
-               ('dpm_solver++', 1, 1), ('dpm_solver++', 2, 2), ('dpm_solver++', 3, 3)]
+               ('dpm_solver++', 1, 1), ('dpm_solver++', 2, 2), ('dpm_solver++', 3, 3),
+               ('dpm_solver++/full', 2, 2)]
 
 
 @pytest.mark.parametrize('sde', [VE, sde_lib.VPSDE()], ids=['ve', 'vp'])
@@ -167,12 +169,14 @@ def test_ode_solvers_converge_to_the_exact_flow_map_at_their_order(sde, name, or
   sigma_t, sigma_end = 5., 0.05
   x_t = _x_t(sigma_t)
   exact = _ode_solution(x_t, sigma_t, sigma_end) * sde.edm_scale(jnp.float32(sde.edm_time(np.float64(sigma_end))))
-  steps = np.array([4, 8, 16, 32])
+  # without lower_order_final (the default) the full-order last steps leave the asymptotic range later (3M's
+  # first-order warm-up step then bounds its global error at O(h²) from 16 steps on: not checked at order 3)
+  steps = np.array([8, 16, 32, 64]) if name.endswith('/full') else np.array([4, 8, 16, 32])
   errors = []
   for n in steps:
     solver = _solver(name, sde, np.geomspace(sigma_t, sigma_end, n + 1), order)
     out, nfe = _run(solver, x_t)
-    evals = {'euler': 1, 'heun': 2, 'dpm_solver': order, 'dpm_solver++': 1}[name]
+    evals = {'euler': 1, 'heun': 2, 'dpm_solver': order}.get(name, 1)
     assert nfe == n * evals
     errors.append(float(jnp.max(jnp.abs(out - exact))))
   slope = _slope(steps, errors)
@@ -193,7 +197,7 @@ def test_ve_and_vp_models_of_the_same_data_give_the_same_samples(name):
   np.testing.assert_allclose(vp_tilde, ve, rtol=0, atol=2e-4)
 
 
-@pytest.mark.parametrize('name', ['euler', 'heun', 'ancestral', 'dpm_solver', 'dpm_solver++'])
+@pytest.mark.parametrize('name', ['euler', 'heun', 'ancestral', 'dpm_solver', 'dpm_solver++/full'])
 def test_the_step_to_sigma_zero_is_the_denoiser(name):
   sigmas = grid.karras_sigmas(2., 0.01, 6, 7.)
   x_t = _x_t(2.)

@@ -394,7 +394,7 @@ def test_the_stochastic_samplers_give_the_same_samples_on_one_and_four_devices(t
       from pds_jax.samplers.driver import Sampler
       assert jax.local_device_count() == 4
       keys = sampling.sample_keys(5, 8, 8)
-      sigmas = T.grid.karras_sigmas(50., 2e-3, 8, 7.)  # from the prior at σ(T) = 50
+      sigmas = T.grid.karras_sigmas(50., 2e-3, 8, 7.)  # from the prior at σ(T) = 50; 8 steps, as many as samples
       solvers = {'edm_stochastic': T._edm(sigmas), 'restart': T._restart(sigmas, j=5, t_max=1.),
                  'dpm_solver++_sde': dpm_solver.DPMSolverPPSDE(T.VE, sigmas, 3, 1.)}
       out = {}

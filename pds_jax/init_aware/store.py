@@ -25,22 +25,8 @@ from pds_jax.io_utils import atomic_write
 
 PRIOR = 'prior'
 INITS = inits.KINDS
-INIT_SAMPLERS = ('heun', 'euler', 'ancestral', 'pc')  # of the init_aware alias (sampling.init_sampler)
 FIT_DEFAULT = 'spectral_gaussian'  # what fit_init fits, and the init_aware alias uses, for init = 'prior'
 _FILES = {'spectral_gaussian': 'spectral_gaussian.npz', 'flow': 'flow.msgpack', 'empirical': 'empirical.npz'}
-
-
-def init_kind(config) -> str:
-  """config.sampling.init, validated; the init_aware alias (and fit_init) read 'prior' as FIT_DEFAULT."""
-  s = config.sampling
-  kind = s.init
-  if kind != PRIOR and kind not in INITS:
-    raise ValueError(f'config.sampling.init = {kind!r}; choose one of {(PRIOR,) + INITS}.')
-  if s.method.lower() == 'init_aware':
-    if s.init_sampler not in INIT_SAMPLERS:
-      raise ValueError(f'config.sampling.init_sampler = {s.init_sampler!r}; choose one of {INIT_SAMPLERS}.')
-    return FIT_DEFAULT if kind == PRIOR else kind
-  return kind
 
 
 def fit_folder(workdir: str) -> str:

@@ -195,6 +195,30 @@ def _all_finite(state: State) -> jax.Array:
   return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(leaf)) for leaf in leaves], jnp.bool_(True))
 
 
+class _PackedPmap:
+  """`jax.pmap(fn)` with fn's dynamic arguments packed in one tuple, trailing arguments static.
+
+  JAX 0.10's pmap takes a flat `in_axes` tuple as per-leaf whenever the arguments happen to hold as
+  many leaves as there are arguments (e.g. a solver of 4 leaves, the keys, and 3 empty arguments),
+  and then maps a solver's grid over devices; one level of nesting sends it down its general path.
+  """
+
+  def __init__(self, fn: Callable, in_axes: tuple, num_static: int = 0, **kwargs):
+    self._num_dynamic = len(in_axes)
+    static = tuple(range(1, 1 + num_static))
+    self._pmapped = jax.pmap(lambda dynamic, *rest: fn(*dynamic, *rest), in_axes=(tuple(in_axes),),
+                             static_broadcasted_argnums=static, **kwargs)
+
+  def _split(self, args):
+    return (tuple(args[:self._num_dynamic]),) + tuple(args[self._num_dynamic:])
+
+  def __call__(self, *args):
+    return self._pmapped(*self._split(args))
+
+  def lower(self, *args):
+    return self._pmapped.lower(*self._split(args))
+
+
 class Sampler:
   """Runs a `Solver` from x_T to samples: sampler(rng, score_fn, preconditioner) -> (samples, nfe).
 
@@ -222,10 +246,9 @@ class Sampler:
     self.solver, self.shape, self.inverse_scaler, self.init = solver, tuple(shape), inverse_scaler, init
     self.pmap, self.mesh = pmap, mesh
     if pmap:
-      self._start = jax.pmap(self._start_impl, in_axes=(None, 0, None, None, 0, 0))
-      self._run = jax.pmap(self._run_impl, axis_name=solver.axis_name, in_axes=(None, None, None, 0, None),
-                           static_broadcasted_argnums=(5,))
-      self._finish = jax.pmap(self._finish_impl, in_axes=(None, 0))
+      self._start = _PackedPmap(self._start_impl, (None, 0, None, None, 0))
+      self._run = _PackedPmap(self._run_impl, (None, None, None, 0, None), num_static=1, axis_name=solver.axis_name)
+      self._finish = _PackedPmap(self._finish_impl, (None, 0))
     elif mesh is not None:
       batch, rep = PartitionSpec(solver.axis_name), PartitionSpec()
       carry = (batch, batch)
@@ -233,7 +256,7 @@ class Sampler:
       # device-varying type JAX cannot infer; every per-device program here is batch-parallel.
       per_device = lambda fn, in_specs, out_specs: jax.shard_map(fn, mesh=mesh, in_specs=in_specs,
                                                                  out_specs=out_specs, check_vma=False)
-      self._start = jax.jit(per_device(self._start_impl, (rep, batch, rep, rep, batch, batch), carry))
+      self._start = jax.jit(per_device(self._start_impl, (rep, batch, rep, rep, batch), carry))
       self._run = jax.jit(lambda solver, score_fn, precond, c, start, length: per_device(
           functools.partial(self._run_impl, length=length), (rep, rep, rep, carry, rep), carry)(
               solver, score_fn, precond, c, start), static_argnums=(5,))
@@ -268,13 +291,22 @@ class Sampler:
       x = init.sample(rng, shape[0])
     return sde.edm_scale(jnp.float32(solver.t_start)) * x
 
-  def _start_impl(self, solver, rng, preconditioner, init, x_init, cond):
+  def _start_impl(self, solver, rng, preconditioner, init: dict, given: dict):
+    """The carry before step 0. `init`: {'q_t': q_T} or {}; `given`: the caller's batch-leading
+    {'x_init': x_T, 'cond': cond} entries (dicts of present entries only: pmap mis-maps several None
+    arguments beside a pytree of arrays)."""
     rng, init_rng = split(rng)
+    x_init = given.get('x_init')
     if x_init is None:
       shape = (rng.shape[0],) + self.shape[1:] if rng.ndim == 2 else self.shape
-      x_init = self._draw(solver, init_rng, preconditioner, init, shape)
-    state = solver.init(rng, x_init) if cond is None else solver.init(rng, x_init, cond)
+      x_init = self._draw(solver, init_rng, preconditioner, init.get('q_t'), shape)
+    state = solver.init(rng, x_init) if 'cond' not in given else solver.init(rng, x_init, given['cond'])
     return state, jnp.full((1,), -1, jnp.int32)
+
+  def _start_args(self, x_init, cond) -> tuple:
+    """(init, given) of `_start_impl`: dicts holding only the entries that are set."""
+    given = {k: v for k, v in (('x_init', x_init), ('cond', cond)) if v is not None}
+    return ({} if self.init is None else {'q_t': self.init}), given
 
   def _run_impl(self, solver, score_fn, preconditioner, carry, start, length: int):
     """Steps start … start + length - 1 of `solver` (a jit argument: its per-step arrays are too).
@@ -347,7 +379,7 @@ class Sampler:
       if self.pmap:
         cond = jax.tree_util.tree_map(lambda a: a.reshape(rng.shape[:2] + a.shape[1:]), cond)
     solver = self.solver
-    carry = self._start(solver, rng, preconditioner, self.init, x_init, cond)
+    carry = self._start(solver, rng, preconditioner, *self._start_args(x_init, cond))
     bar = None
     if progress:
       from tqdm.auto import tqdm
@@ -383,7 +415,8 @@ class Sampler:
   def initial_carry(self, rng: jax.Array, preconditioner: Optional[Preconditioner] = None):
     """The scan's carry before step 0 (x_T drawn), laid out for this sampler's devices."""
     preconditioner = Preconditioner() if preconditioner is None else preconditioner
-    return self._start(self.solver, self._per_device(rng) if self.pmap else rng, preconditioner, self.init, None, None)
+    return self._start(self.solver, self._per_device(rng) if self.pmap else rng, preconditioner,
+                       *self._start_args(None, None))
 
   def lower_scan(self, score_fn: ScoreFn, preconditioner: Optional[Preconditioner], carry,
                  length: Optional[int] = None) -> jax.stages.Lowered:

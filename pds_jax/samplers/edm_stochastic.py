@@ -156,7 +156,8 @@ class EDMStochasticSolver(NoiseHeunSolver):
     super().__init__(sde, sigma, np.minimum(sigma * (1. + gamma), sigma_cap), sigmas[1:], s_noise)
 
 
-@register_method('edm_stochastic', fields=GRID_FIELDS + (S_CHURN, S_TMIN, S_TMAX, S_NOISE), default_steps=18)
+@register_method('edm_stochastic', fields=GRID_FIELDS + (S_CHURN, S_TMIN, S_TMAX, S_NOISE), default_steps=18,
+                 stochastic=True)
 def _edm_stochastic(fields, ctx):
   return EDMStochasticSolver(ctx.sde, sigma_grid(fields, ctx, 'edm_stochastic'), float(fields[S_CHURN]),
                              float(fields[S_TMIN]), float(fields[S_TMAX]), float(fields[S_NOISE]))

@@ -98,8 +98,6 @@ class UniPCSolver(SigmaGridSolver):
   The state's history holds the denoiser outputs (B, H, W, C) of the previous p steps, newest
   first. `weights` (num_steps, 2, p + 1): [i, 0] the corrector's and [i, 1] the predictor's weights
   on (d_i, d_{i-1}, …, d_{i-p}) of scan step i (module docstring); a leaf, float64 numpy on the host.
-  (One table, not two: JAX 0.10's pmap takes its in_axes tuple as flat when the arguments have as
-  many leaves as positions, which two tables and an x_init would hit.)
   """
   order: int = eqx.field(static=True)
   variant: str = eqx.field(static=True)
@@ -136,6 +134,8 @@ class UniPCSolver(SigmaGridSolver):
     x = state.x + combine(self.weights[i, 0])  # UniC-p of the step that ended here (Algorithm 1)
     x = (sigma_next / sigma) * x + combine(self.weights[i, 1])  # UniP-p to σ_{i+1} (Algorithm 2)
     return state._replace(x=x, history=stack[:self.order])
+
+
 
 
 @register_method('unipc', fields=GRID_FIELDS + (SOLVER_ORDER, UNIPC_VARIANT), default_steps=10)
