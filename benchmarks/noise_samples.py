@@ -17,6 +17,7 @@ The shipped model (configs/default_model.py: a small NCSN++ on 32² natural patc
 
   python -m benchmarks.noise_samples                      # 200 samples (results/noise_samples.json)
   python -m benchmarks.noise_samples --num_samples 16 --quick
+  python -m benchmarks.noise_samples --starts spectral --out results/noise_samples_spectral.json
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--num_samples', type=int, default=200)
   p.add_argument('--num_patches', type=int, default=2000, help='real patches: the threshold and the Gaussian fit')
   p.add_argument('--num_sigmas', type=int, default=16)
+  p.add_argument('--starts', default=','.join(STARTS), help='the starts to run, of ' + ', '.join(STARTS))
+  p.add_argument('--methods', default=','.join(METHODS), help='the methods to run, of ' + ', '.join(METHODS))
   p.add_argument('--quick', action='store_true', help='8 σ values, 256 patches, fewer nodes')
   p.add_argument('--seed', type=int, default=9)
   p.add_argument('--out', default=None)
@@ -119,8 +122,10 @@ def run(args) -> dict:
   start_stats['trained_at_sigma_max'] = {'mean': float(trained.mean()), 'std': float(trained.std())}
 
   results: Dict[str, Dict[str, dict]] = {}
-  for method, fields in METHODS.items():
-    for start, x_t in starts.items():
+  for method in args.methods.split(','):
+    fields = METHODS[method]
+    for start in args.starts.split(','):
+      x_t = starts[start]
       c = ml_collections.ConfigDict(config.to_dict())
       for k, v in fields.items():
         c.sampling[k] = v

@@ -49,10 +49,10 @@ def apply_masks(masks: Masks, alpha: Optional[float], num_steps: int) -> Tuple[P
 
 # Why deterministic solvers on VE models start from a fitted q_T (`sampling.init = 'auto'`).
 VE_PRIOR_WARNING = (
-    'sampling.method %s is deterministic and samples this VE model from its prior: on the shipped model 94-100 %% '
-    'of such samples were pure noise, because the trained denoiser fails above sigma ~ 5 (its error is 7-69x that '
-    'of a linear filter at sigma 16-50; a stochastic sampler washes that error out, an ODE solver carries it to '
-    'the end; docs/results.md, "Noise samples"). Fit an init (--mode fit_init) and sample with '
+    'sampling.method %s is deterministic and samples this VE model from its prior: on the shipped model 50-53 %% '
+    "of heun's samples were pure noise, because the trained denoiser fails at large sigma (its error is 9-75x "
+    'that of a linear filter at sigma 18-50; a stochastic sampler washes that error out, an ODE solver carries it '
+    'to the end; docs/results.md, "Noise samples"). Fit an init (--mode fit_init) and sample with '
     '--config.sampling.init=auto or spectral_gaussian, or use a stochastic method (%s).')
 
 
