@@ -358,8 +358,8 @@ def _eval_runs(paths: Sequence[str]) -> List[Tuple[str, np.ndarray, Dict]]:
 
 def _run_label(settings: Dict) -> str:
   """'<method> · init <init> · PDS | no PDS': the line of a run in eval's metric-vs-NFE plots."""
-  return (f'{settings["method"]} · init {settings.get("init", "prior")} · '
-          f'{"PDS" if settings["preconditioned"] else "no PDS"}')
+  return (f'{settings.get("method", "unknown method")} · init {settings.get("init", "prior")} · '
+          f'{"PDS" if settings.get("preconditioned") else "no PDS"}')
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Optional[Sequence[str]] = None,

@@ -17,16 +17,20 @@ TINY = ['--config', str(ROOT / 'configs/patches/natural_patches_ncsnpp_small.py'
 
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
-  """data.npy (6 images), Inception weights, and a --mode sample style folder of 4 samples."""
+  """data.npy (8 images), Inception weights, and a --mode sample style folder of 4 samples.
+
+  --mode eval scores against eval.num_reference = 4 of the images and takes its noise floor from 4 others.
+  """
   root = tmp_path_factory.mktemp('fid')
-  np.save(root / 'data.npy', tiny_images(6, seed=0))
+  np.save(root / 'data.npy', tiny_images(8, seed=0))
   weights = write_random_inception_weights(root / 'inception.npz')
   samples = root / 'samples'
   samples.mkdir()
   np.savez(samples / 'samples_0_0.npz', samples=tiny_images(4, seed=1))
   (samples / 'report.json').write_text(json.dumps({'settings': {'num_steps': 1, 'preconditioned': False},
                                                    'num_samples': 4, 'nfe_per_sample': 1, 'metrics': None}))
-  args = [*TINY, f'--config.data.path={root / "data.npy"}', f'--config.eval.inception_path={weights}']
+  args = [*TINY, f'--config.data.path={root / "data.npy"}', f'--config.eval.inception_path={weights}',
+          '--config.eval.num_reference=4']
   return {'root': root, 'args': args, 'samples': samples}
 
 

@@ -122,21 +122,23 @@ class DPMSolverPP(SigmaGridSolver):
     return tuple(jnp.zeros_like(x) for _ in range(self.order - 1))
 
   def grid_step(self, denoise, preconditioner, state, i, sigma, sigma_next):
-    x, history = state.x, state.history
+    d0 = denoise(state.x, sigma)
+    x = self._update(state.x, d0, state.history, i, sigma, sigma_next)
+    return state._replace(x=x, history=((d0,) + state.history)[:self.order - 1])
+
+  def _update(self, x, d0, history, i, sigma, sigma_next, eta: float = 0.):
+    """The multistep update of order `orders[i]` without noise, at noise parameter η (a Python float): the
+    ODE step at η = 0, the SDE step's mean x̃'_mean otherwise (`DPMSolverPPSDE`)."""
     lam = self.lambdas
     h = lam[i + 1] - lam[i]
+    h_eta = (1. + eta) * h
     h0 = lam[i] - lam[jnp.maximum(i - 1, 0)]
     h1 = lam[jnp.maximum(i - 1, 0)] - lam[jnp.maximum(i - 2, 0)]
-    d0 = denoise(x, sigma)
-    phi_1 = jnp.expm1(-h)
-    base = (sigma_next / sigma) * x - phi_1 * d0  # DPM-Solver++(1) = DDIM
-
-    def first(_):
-      return base
+    phi_1 = jnp.expm1(-h_eta)
+    base = (sigma_next / sigma) * (jnp.exp(-eta * h) if eta else 1.) * x - phi_1 * d0
 
     def second(_):
-      r0 = h0 / h
-      d1 = (d0 - history[0]) / r0
+      d1 = (d0 - history[0]) / (h0 / h)
       return base - 0.5 * phi_1 * d1
 
     def third(_):
@@ -144,13 +146,12 @@ class DPMSolverPP(SigmaGridSolver):
       d1_0, d1_1 = (d0 - history[0]) / r0, (history[0] - history[1]) / r1
       d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
       d2 = (d1_0 - d1_1) / (r0 + r1)
-      phi_2 = phi_1 / h + 1
-      phi_3 = phi_2 / h - 0.5
+      phi_2 = phi_1 / h_eta + 1
+      phi_3 = phi_2 / h_eta - 0.5
       return base + phi_2 * d1 - phi_3 * d2
 
-    branches = (first, second, third)[:self.order]
-    x = jax.lax.switch(self.orders[i] - 1, branches, None) if self.order > 1 else base
-    return state._replace(x=x, history=((d0,) + history)[:self.order - 1])
+    branches = (lambda _: base, second, third)[:self.order]
+    return jax.lax.switch(self.orders[i] - 1, branches, None) if self.order > 1 else base
 
 
 class DPMSolverPPSDE(DPMSolverPP):
@@ -192,32 +193,6 @@ class DPMSolverPPSDE(DPMSolverPP):
       raise ValueError("dpm_solver_variant = 'dpm_solver++_sde' has PDS on its Langevin part only through the API "
                        "(DPMSolverPPSDE(..., pds=True)): sampling.method = 'dpm_solver' is registered without PDS; "
                        'unset --freq_mask_path / --space_mask_path (or use the ancestral or pc method).')
-
-  def _update(self, x, d0, history, i, sigma, sigma_next, eta: float):
-    """The noise-free step with noise parameter η (a Python float): x̃'_mean, or x̃'_ODE at η = 0."""
-    lam = self.lambdas
-    h = lam[i + 1] - lam[i]
-    h_eta = (1. + eta) * h
-    h0 = lam[i] - lam[jnp.maximum(i - 1, 0)]
-    h1 = lam[jnp.maximum(i - 1, 0)] - lam[jnp.maximum(i - 2, 0)]
-    phi_1 = jnp.expm1(-h_eta)
-    base = (sigma_next / sigma) * (jnp.exp(-eta * h) if eta else 1.) * x - phi_1 * d0
-
-    def second(_):
-      d1 = (d0 - history[0]) / (h0 / h)
-      return base - 0.5 * phi_1 * d1
-
-    def third(_):
-      r0, r1 = h0 / h, h1 / h
-      d1_0, d1_1 = (d0 - history[0]) / r0, (history[0] - history[1]) / r1
-      d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-      d2 = (d1_0 - d1_1) / (r0 + r1)
-      phi_2 = phi_1 / h_eta + 1
-      phi_3 = phi_2 / h_eta - 0.5
-      return base + phi_2 * d1 - phi_3 * d2
-
-    branches = (lambda _: base, second, third)[:self.order]
-    return jax.lax.switch(self.orders[i] - 1, branches, None) if self.order > 1 else base
 
   def grid_step(self, denoise, preconditioner, state, i, sigma, sigma_next):
     rng, step_rng = split(state.rng)
