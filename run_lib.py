@@ -3,8 +3,9 @@ fit_init, likelihood (bits/dim), inpaint and colorize (controllable generation).
 
 Like score_sde's `run_lib.py`, each mode is a function of (config, workdir, ...); `main.py` only
 parses flags. The library parts the modes share live in `pds_jax`: `sampling_run` (checks, score
-function, preconditioner, sampler), `likelihood_run` and `controllable_run` (the same for bits/dim
-and inpaint / colorize), `references` (the data a run is measured against), `shards` (the one
+function, preconditioner, sampler), `compare_run` (compare's runs, reference and figures),
+`eval_run` (eval's runs, reference and plots), `likelihood_run` and `controllable_run` (the same for
+bits/dim and inpaint / colorize), `references` (the data a run is measured against), `shards` (the one
 resumable round loop, `run_rounds`, and its shard writer), `io_utils` (atomic writers), `figures`,
 `init_aware.fit`, `training`.
 Every input is validated before any compute starts, and every file is written atomically, so an
@@ -12,24 +13,21 @@ interrupted run never leaves a half-written output.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pds_jax import datasets, gaussian, sampling, sde_lib, shards, training
-from pds_jax.figures import compare_panel_title, headline_metric, image_grid, metric_line, sample_caption, titled_panels
-from pds_jax.io_utils import output_folder, write_json, write_npz, write_png
-from pds_jax.preconditioning import Preconditioner
-from pds_jax.references import (exact_metrics, gaussian_reference, image_shape, is_gaussian_reference, reference_images,
-                                sample_metrics)
-from pds_jax.sampling_run import SamplingRun, compare_preconditioner, draw, load_preconditioner
+from pds_jax import compare_run, datasets, sampling, sde_lib, shards, training
+from pds_jax.figures import compare_panel_title, image_grid, sample_caption, titled_panels
+from pds_jax.io_utils import output_folder, write_json, write_png
+from pds_jax.references import exact_metrics, image_shape, is_gaussian_reference
+from pds_jax.sampling_run import SamplingRun, draw, load_preconditioner
 
 MODES = ('train', 'sample', 'compare', 'convert', 'stats', 'fid_stats', 'eval', 'fit_init', 'likelihood', 'inpaint',
          'colorize', 'tune_schedule')
@@ -78,52 +76,6 @@ def sample(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = '
   return report
 
 
-def _with_sampling(config, **fields):
-  """A copy of `config` with config.sampling.<name> = value for each field."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for name, value in fields.items():
-    setattr(config.sampling, name, value)
-  return config
-
-
-def _compare_runs(config) -> List[Dict]:
-  """compare's runs: vanilla (sampling.vanilla_speed_up when set) and PDS (sampling.speed_up), then vanilla
-  and PDS at each N of sampling.compare_num_steps; each {'name', 'config', 'pds', 'panel'}."""
-  vanilla = config if config.sampling.vanilla_speed_up is None else _with_sampling(
-      config, speed_up=config.sampling.vanilla_speed_up)
-  runs = [{'name': 'vanilla', 'config': vanilla, 'pds': False, 'panel': True},
-          {'name': 'pds', 'config': config, 'pds': True, 'panel': True}]
-  steps = tuple(config.sampling.get('compare_num_steps') or ())  # absent from configs written for score_sde
-  if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in steps):
-    raise ValueError(f'config.sampling.compare_num_steps = {steps}: step counts must be integers >= 1.')
-  for n in steps:
-    swept = _with_sampling(config, num_steps=n)
-    runs += [{'name': f'vanilla_{n}', 'config': swept, 'pds': False, 'panel': False},
-             {'name': f'pds_{n}', 'config': swept, 'pds': True, 'panel': False}]
-  return runs
-
-
-def _vanilla_and_pds(results: Dict[str, Dict], x: Callable[[Dict], float]) -> List[Tuple[str, List, List]]:
-  """The runs of a report grouped for `evaluation.plot_metric_vs_steps`: ('vanilla' | 'PDS', x of each run, metrics)."""
-  groups = {}
-  for result in results.values():
-    xs, metrics = groups.setdefault('PDS' if result['settings']['preconditioned'] else 'vanilla', ([], []))
-    xs.append(x(result))
-    metrics.append(result['metrics'])
-  return [(label, xs, metrics) for label, (xs, metrics) in groups.items()]
-
-
-def _plot_compare(results: Dict, floor: Dict[str, float], path: str, title: str) -> None:
-  """metric_vs_nfe.png: the headline metric of every compare run against its NFE, vanilla and PDS, data's as a line."""
-  from pds_jax import evaluation
-  runs = _vanilla_and_pds(results, lambda r: r['nfe_per_sample'])
-  name = headline_metric(floor)
-  values = [m[name] for _, _, metrics in runs for m in metrics] + [floor[name]]
-  log_y = min(values) > 0 and max(values) > 10 * min(values)  # spans an order of magnitude: log scale
-  evaluation.plot_metric_vs_steps(runs, name, path, xlabel='NFE per sample',
-                                  reference_lines={'data (noise floor)': floor[name]}, title=title, log_y=log_y)
-
-
 def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 'compare') -> Dict:
   """Vanilla vs PDS from the same seeds: a side-by-side grid, the metrics and wall times of both
   (each including its compilation, which costs about the same for any number of steps), and their
@@ -136,47 +88,22 @@ def compare(config: ml_collections.ConfigDict, workdir: str, eval_folder: str = 
   Writes vanilla_vs_pds.png (titled panels: vanilla, PDS, real images), metric_vs_nfe.png,
   samples_<run>.npz and report.json (per run: settings, NFE, wall time, metrics; the noise floor).
   """
-  runs = _compare_runs(config)
-  score = None  # every setting is checked, and the model restored once, before anything is sampled
-  for run in runs:
-    run['run'] = SamplingRun.build(run['config'], workdir, score)
-    score = run['run'].score_fn, run['run'].model_info
-    run['sampler'] = run['run'].sampler(compare_preconditioner(run['config']) if run['pds'] else Preconditioner())
+  job = compare_run.CompareRun(config, workdir)  # every setting checked, the model restored once
   folder = output_folder(workdir, eval_folder)
-  reference, held_out = None, None
-  if not is_gaussian_reference(config):
-    from pds_jax import evaluation
-    images, held_out = reference_images(config, config.eval.num_reference, config.eval.batch_size)
-    reference = evaluation.image_features(images, evaluation.with_kid_subset(config, config.eval.batch_size),
-                                          'reference')
-  keys = sampling.sample_keys(config.seed, 0, config.eval.batch_size)
+  job.load_reference()
   results, grids = {}, []
-  width = max(8, *(len(run['name']) for run in runs))
-  for run in runs:
-    name = run['name']
-    samples, nfe, seconds = draw(run['sampler'], keys, run['run'].score_fn)
-    shards.write_shard(os.path.join(folder, f'samples_{name}.npz'), samples)
-    results[name] = {'settings': run['run'].settings(run['sampler']), 'nfe_per_sample': nfe,
-                     'wall_seconds_incl_compile': seconds,
-                     'metrics': sample_metrics(config, np.clip(samples, 0., 1.), reference)}
-    if run['panel']:
-      grids.append((compare_panel_title(results[name]), image_grid(samples[:36], nrow=6)))
-    print(f'{name:{width}s} steps={results[name]["settings"]["num_steps"]:5d} nfe={nfe:5g} '
-          f'wall={seconds:7.2f}s ' + ' '.join(f'{k}={v:.4g}' for k, v in results[name]['metrics'].items()))
-  if is_gaussian_reference(config):
-    reference_model = gaussian_reference(config)
-    held_out = np.asarray(reference_model.sample(jax.random.PRNGKey(config.seed + 2), config.eval.batch_size))
-    floor = gaussian.metrics(held_out, reference_model)
-  else:  # the same metrics of as many data images that are not in the reference set
-    floor = sample_metrics(config, held_out, reference)
-  grids.append((f'data (not in the reference set)\n{metric_line(floor)}', image_grid(held_out[:36], nrow=6)))
-  title = (f'{config.sampling.method} sampler, vanilla vs PDS from the same seeds '
-           f'({config.eval.batch_size} samples each; 36 shown)')
-  write_png(os.path.join(folder, 'vanilla_vs_pds.png'), titled_panels(grids, title=title))
-  _plot_compare(results, floor, os.path.join(folder, 'metric_vs_nfe.png'),
-                f'{config.sampling.method} sampler, {config.eval.batch_size} samples per run')
+  width = max(8, *(len(run.name) for run in job.runs))
+  for run in job.runs:
+    samples, results[run.name] = job.draw(run)
+    shards.write_shard(os.path.join(folder, f'samples_{run.name}.npz'), samples)
+    if run.panel:
+      grids.append((compare_panel_title(results[run.name]), image_grid(samples[:36], nrow=6)))
+    print(compare_run.run_line(run.name, results[run.name], width))
+  floor, data_panel = job.noise_floor()
+  write_png(os.path.join(folder, 'vanilla_vs_pds.png'), titled_panels(grids + [data_panel], title=job.title('grid')))
+  compare_run.plot_compare(results, floor, os.path.join(folder, 'metric_vs_nfe.png'), job.title('plot'))
   results['noise_floor'] = floor
-  print('data images (noise floor of the metrics): ' + ' '.join(f'{k}={v:.4g}' for k, v in floor.items()))
+  print('data images (noise floor of the metrics): ' + compare_run.metrics_text(floor))
   write_json(os.path.join(folder, 'report.json'), results)
   print(f'wrote {folder}/vanilla_vs_pds.png, metric_vs_nfe.png and report.json')
   return results
@@ -325,43 +252,6 @@ def fid_stats(config: ml_collections.ConfigDict, workdir: str, eval_folder: str 
   return {'path': path, 'num_images': result.num_images}
 
 
-def _eval_runs(paths: Sequence[str]) -> List[Tuple[str, np.ndarray, Dict]]:
-  """(name, uint8 samples (N, H, W, C), {'settings', 'nfe_per_sample'}) of every run in `paths`: a
-  --mode sample folder, a --mode compare folder (each of its samples_<run>.npz) or one such file.
-  Every path is checked before anything is computed; ValueError naming the path."""
-  runs = []
-  for path in paths:
-    compare_file = os.path.isfile(path) and os.path.basename(path).startswith('samples_') and path.endswith('.npz')
-    folder = os.path.dirname(path) if compare_file else path
-    report_path = os.path.join(folder, 'report.json')
-    report = None
-    if os.path.isfile(report_path):
-      with open(report_path) as f:
-        report = json.load(f)
-    if not compare_file and (report is None or 'settings' in report):  # a --mode sample folder
-      samples, report = shards.load_sample_folder(folder)
-      runs.append((folder, samples, report))
-      continue
-    names = ([os.path.basename(path)[len('samples_'):-len('.npz')]] if compare_file else
-             [n for n in report if isinstance(report[n], dict) and 'settings' in report[n]])
-    if report is None or not names or any(n not in report for n in names):
-      raise ValueError(f'{path}: not a --mode compare output (its report.json has no run {names[0] if names else ""!r}); '
-                       'pass folders written by --mode sample or compare, or their samples_<run>.npz.')
-    for name in names:
-      npz = os.path.join(folder, f'samples_{name}.npz')
-      if not os.path.isfile(npz):
-        raise ValueError(f'{npz}: missing (report.json of --mode compare names the run {name!r}).')
-      with np.load(npz) as f:
-        runs.append((npz, f['samples'], report[name]))
-  return runs
-
-
-def _run_label(settings: Dict) -> str:
-  """'<method> · init <init> · PDS | no PDS': the line of a run in eval's metric-vs-NFE plots."""
-  return (f'{settings.get("method", "unknown method")} · init {settings.get("init", "prior")} · '
-          f'{"PDS" if settings.get("preconditioned") else "no PDS"}')
-
-
 def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Optional[Sequence[str]] = None,
              eval_folder: str = 'eval') -> Dict:
   """Metrics of sampled images against the data (`pds_jax.evaluation`): SWD, KID / FD on fixed
@@ -378,74 +268,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, sample_folders: Op
   With eval.fid_stats_path (a `<dataset>_stats.npz` of --mode fid_stats or score_sde) the reference's
   Inception statistics come from that file; the reference images still give SWD and the feature metrics.
   """
-  from pds_jax import evaluation
-  reference_stats = None
-  if config.eval.get('fid_stats_path'):
-    from pds_jax import fid_stats as fid_stats_lib
-    if not config.eval.inception_path:
-      raise ValueError(f'config.eval.fid_stats_path = {config.eval.fid_stats_path!r} holds reference Inception '
-                       'statistics for FID, which also needs the samples\' Inception features: set '
-                       'config.eval.inception_path too.')
-    reference_stats = fid_stats_lib.load_fid_stats(config.eval.fid_stats_path)
-  if config.eval.num_reference < 1:
-    raise ValueError(f'config.eval.num_reference = {config.eval.num_reference} must be >= 1.')
-  runs = _eval_runs(list(sample_folders or [os.path.join(workdir, eval_folder)]))  # every input checked first
+  from pds_jax import eval_run, evaluation
+  reference_stats = eval_run.check_eval_config(config)
+  runs = eval_run.load_runs(list(sample_folders or [os.path.join(workdir, eval_folder)]))  # every input checked first
   out = output_folder(workdir, eval_folder)
-  num_floor = max(len(samples) for _, samples, _ in runs)
-  reference_x, held_out = reference_images(config, config.eval.num_reference, num_floor)
-  num_reference = len(reference_x)
-  sizes = [num_reference, num_floor, min(len(samples) for _, samples, _ in runs)]
-  if reference_stats is not None and reference_stats.pool_3 is not None:
-    sizes.append(len(reference_stats.pool_3))  # KID-Inception's reference subsets come from the file's pool_3
-  metric_config = evaluation.with_kid_subset(config, *sizes)
-  reference = evaluation.image_features(reference_x, metric_config, 'reference', fid_stats=reference_stats)
-  split = 'exact draws of the Gaussian reference' if is_gaussian_reference(config) else \
-      f'the {config.eval.reference_split} split'
-  print(f'reference: {num_reference} images of {split} (eval.num_reference {config.eval.num_reference}; '
-        'the same reference as --mode compare)')
-
-  def line(metrics):
-    return (f'swd={metrics["swd"]["avg"]:.4g} fd_features={metrics["fd_features"]:.4g} '
-            f'kid={metrics["kid"]["mean"]:.4g}' + (f' fid={metrics["fid"]:.6g}' if 'fid' in metrics else ''))
-
-  floor = evaluation.evaluate_samples(held_out, reference, metric_config)
-  if is_gaussian_reference(config):
-    floor['exact_gaussian'] = exact_metrics(config, gaussian.MomentAccumulator().add(held_out))
-  print(f'noise floor ({len(held_out)} real images not in the reference): {line(floor)}')
+  reference = eval_run.EvalReference(config, runs, reference_stats)
+  print(reference.description())
+  floor = reference.noise_floor()
+  print(f'noise floor ({len(reference.held_out)} real images not in the reference): {eval_run.metrics_line(floor)}')
   results = {}
   for name, samples, report in runs:
-    metrics = evaluation.evaluate_samples(samples, reference, metric_config)
-    if is_gaussian_reference(config) and report.get('metrics'):
-      metrics['exact_gaussian'] = report['metrics']
-    if reference_stats is not None:
-      metrics['fid_stats'] = {'path': reference_stats.path, 'num_images': reference_stats.num_images}
-    results[name] = {'settings': report['settings'], 'nfe_per_sample': report['nfe_per_sample'], 'metrics': metrics}
-    print(f'{name}: {_run_label(report["settings"])} steps={report["settings"]["num_steps"]} '
-          f'nfe={report["nfe_per_sample"]:g} {line(metrics)}')
+    results[name] = reference.measure(samples, report)
+    print(f'{name}: {eval_run.run_label(report["settings"])} steps={report["settings"]["num_steps"]} '
+          f'nfe={report["nfe_per_sample"]:g} {eval_run.metrics_line(results[name]["metrics"])}')
   evaluation.write_metrics(os.path.join(out, 'metrics.json'),
-                           {**results, 'num_reference': num_reference, 'reference_split': config.eval.reference_split,
-                            'noise_floor': floor})
-  groups = {}
-  for name, result in results.items():
-    xs, metrics, names = groups.setdefault(_run_label(result['settings']), ([], [], []))
-    xs.append(result['nfe_per_sample'])
-    metrics.append(result['metrics'])
-    base = os.path.basename(name.rstrip('/'))  # a sample folder, or compare's <folder>/samples_<run>.npz
-    names.append(f'{os.path.basename(os.path.dirname(name))}/{base[len("samples_"):-len(".npz")]}'
-                 if base.startswith('samples_') and base.endswith('.npz') else base)
-  counts = sorted({len(samples) for _, samples, _ in runs})
-  count = f'{counts[0]}' if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'
-  written = []
-  for metric in ('swd.avg', 'fd_features', 'kid') + (('fid',) if config.eval.inception_path else ()):
-    value = evaluation.metric_value(floor, metric)
-    path = os.path.join(out, f'{metric.replace(".", "_")}_vs_nfe.png')
-    evaluation.plot_metric_vs_steps(
-        [(label, xs, m) for label, (xs, m, _) in groups.items()], metric, path, xlabel='NFE per sample',
-        reference_lines={f'real images ({len(held_out)}, noise floor)': value['mean'] if isinstance(value, dict)
-                         else value},
-        title=f'{metric} vs NFE: {len(results)} runs of {count} samples, against {num_reference} reference images',
-        point_labels=[names for _, _, names in groups.values()])
-    written.append(os.path.basename(path))
+                           {**results, 'num_reference': reference.num_reference,
+                            'reference_split': config.eval.reference_split, 'noise_floor': floor})
+  written = eval_run.plot_metrics_vs_nfe(results, floor, reference, out, bool(config.eval.inception_path))
   print(f'wrote {out}/metrics.json, {", ".join(written)}')
   return results
 
@@ -515,7 +354,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   import flax.jax_utils as flax_utils
   from tqdm.auto import tqdm
 
-  from pds_jax import checkpoints, losses
+  from pds_jax import checkpoints
   from pds_jax.models import utils as mutils
 
   training.check_train_config(config)
@@ -523,23 +362,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict:
   os.makedirs(workdir, exist_ok=True)
   checkpoint_dir = os.path.join(workdir, 'checkpoints')
   meta_dir = os.path.join(workdir, 'checkpoints-meta')
-
-  rng = jax.random.PRNGKey(config.seed)
-  rng, init_rng = jax.random.split(rng)
-  model, init_model_state, initial_params = mutils.init_model(init_rng, config)
-  state = checkpoints.State(step=jnp.zeros((), jnp.int32), params=initial_params, params_ema=initial_params,
-                            model_state=init_model_state, opt_state=losses.init_adam_state(initial_params),
-                            lr=jnp.asarray(config.optim.lr, jnp.float32),
-                            ema_rate=jnp.asarray(config.model.ema_rate, jnp.float32), rng=rng)
-  restored = [checkpoints.restore_checkpoint(d, config) for d in (meta_dir, checkpoint_dir)
-              if checkpoints.list_checkpoints(d)]
-  if restored:
-    latest = max(restored, key=lambda s: int(s.step))
-    if latest.params is None or latest.opt_state is None:
-      raise ValueError(f'the newest checkpoint in {workdir} (step {int(latest.step)}) is sampling-only; '
-                       'resuming training needs one with the optimizer state.')
-    state = latest.replace(lr=state.lr, ema_rate=state.ema_rate)
-    logging.info('resuming training at step %d', int(state.step))
+  model, state = training.init_state(config)
+  state = training.restore_latest(state, (meta_dir, checkpoint_dir), config, workdir)
   initial_step = int(state.step)
   rng = state.rng
 
@@ -547,14 +371,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                                            uniform_dequantization=config.data.uniform_dequantization)
   train_iter, eval_iter = iter(train_ds), training.cycle(eval_ds, t.batch_size)
   scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
-
   sde, sampling_eps = sde_lib.get_sde(config)
-  step_kwargs = dict(reduce_mean=t.reduce_mean, continuous=t.continuous, likelihood_weighting=t.likelihood_weighting)
-  train_step = losses.get_step_fn(sde, model, train=True, optimize_fn=losses.optimization_manager(config),
-                                  **step_kwargs)
-  eval_step = losses.get_step_fn(sde, model, train=False, **step_kwargs)
-  p_train_step = jax.pmap(training.unrolled(train_step), axis_name='batch', donate_argnums=1)
-  p_eval_step = jax.pmap(training.unrolled(eval_step), axis_name='batch')
+  p_train_step, p_eval_step = training.pmapped_steps(config, sde, model)
   if t.snapshot_sampling:
     sample_shape = (min(t.batch_size, 64),) + image_shape(config)
     sampling_fn = sampling.get_sampling_fn(config, sde, sample_shape, inverse_scaler, sampling_eps)
@@ -579,9 +397,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict:
     (_, pstate), ploss = p_train_step((jnp.asarray(step_rngs), pstate), batch)
     steps_done += n_jitted
     if step % t.log_freq == 0:
-      loss = float(np.mean(jax.device_get(ploss)))
-      if not np.isfinite(loss):
-        raise FloatingPointError(f'training loss is {loss} at step {step}; lower config.optim.lr or check the data.')
+      loss = training.finite_loss(ploss, step)
       rate = steps_done / (time.perf_counter() - start)
       bar.set_postfix(step=step, loss=f'{loss:.4g}', steps_per_s=f'{rate:.2f}')
       log.write(step, training_loss=loss, steps_per_second=rate)
@@ -605,11 +421,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> Dict:
                                        continuous=t.continuous)
         rng, sample_rng = jax.random.split(rng)
         samples, _ = sampling_fn(sample_rng, score_fn, progress=False)
-        folder = os.path.join(workdir, 'samples', f'iter_{step}')
-        os.makedirs(folder, exist_ok=True)
-        samples = np.clip(np.asarray(samples, np.float32), 0., 1.)
-        write_png(os.path.join(folder, 'sample.png'), image_grid(samples))
-        write_npz(os.path.join(folder, 'sample.npz'), sample=np.round(samples * 255.).astype(np.uint8))
+        training.save_snapshot_samples(os.path.join(workdir, 'samples', f'iter_{step}'), samples)
   bar.close()
   summary.update(final_step=initial_step + steps_done, seconds=time.perf_counter() - start)
   write_json(os.path.join(workdir, 'train_summary.json'), summary)

@@ -14,10 +14,11 @@ from typing import Dict, List, Optional
 import jax
 import numpy as np
 
-from pds_jax import controllable_generation as cg, datasets, inpaint_masks, parallel as parallel_lib, sampling, sde_lib
+from pds_jax import controllable_generation as cg, datasets, inpaint_masks, parallel as parallel_lib, sde_lib
 from pds_jax import shards
 from pds_jax.figures import pds_label, titled_grid, titled_panels
 from pds_jax.references import EvalImages, gaussian_reference, image_shape
+from pds_jax.samplers import methods
 from pds_jax.sampling_run import get_score_fn, load_preconditioner, validate_sampling_config
 
 MODES = ('inpaint', 'colorize')
@@ -52,9 +53,10 @@ class ControllableRun:
       raise ValueError(f'ControllableRun: mode {mode!r}; choose one of {MODES}.')
     validate_sampling_config(config)
     s = config.sampling
-    if s.method.lower() != 'pc':
-      raise ValueError(f"--mode {mode} runs score_sde's PC sampler; config.sampling.method = {s.method!r} "
-                       "(set --config.sampling.method=pc).")
+    resolved = methods.resolve(s)
+    if resolved.method.name != 'pc' or resolved.alias:
+      raise ValueError(f"--mode {mode} runs score_sde's PC sampler; config.sampling.method = "
+                       f"{resolved.alias or resolved.method.name!r} (set --config.sampling.method=pc).")
     if s.num_steps is not None:
       raise ValueError(f'--mode {mode} sets its steps with --speed_up k (N = num_scales / k, as PDS does); '
                        f'config.sampling.num_steps = {s.num_steps} would be ignored: unset it.')

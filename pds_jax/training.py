@@ -1,10 +1,12 @@
-"""The pieces of score_sde's training loop (`run_lib.train`): batching, the unrolled multi-step call, the log."""
+"""The pieces of score_sde's training loop (`run_lib.train`): the initial and resumed state, the pmapped
+steps, batching, the unrolled multi-step call, the loss check, the log and the snapshot samples."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-from typing import Callable
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -96,3 +98,64 @@ class TrainLog:
     if self.writer is not None:
       for k, v in scalars.items():
         self.writer.add_scalar(k, v, step)
+
+
+def init_state(config: ml_collections.ConfigDict):
+  """(model, checkpoints.State at step 0): score_sde's initial parameters (EMA = parameters), Adam state,
+  config.optim.lr and model.ema_rate, all drawn from PRNGKey(config.seed)."""
+  from pds_jax import checkpoints, losses
+  from pds_jax.models import utils as mutils
+  rng = jax.random.PRNGKey(config.seed)
+  rng, init_rng = jax.random.split(rng)
+  model, init_model_state, initial_params = mutils.init_model(init_rng, config)
+  state = checkpoints.State(step=jnp.zeros((), jnp.int32), params=initial_params, params_ema=initial_params,
+                            model_state=init_model_state, opt_state=losses.init_adam_state(initial_params),
+                            lr=jnp.asarray(config.optim.lr, jnp.float32),
+                            ema_rate=jnp.asarray(config.model.ema_rate, jnp.float32), rng=rng)
+  return model, state
+
+
+def restore_latest(state, folders, config, workdir: str):
+  """`state` resumed from the newest checkpoint in `folders` (its lr and ema_rate kept: the config's), or
+  `state` itself when they hold none; ValueError for a sampling-only checkpoint (no optimizer state)."""
+  from pds_jax import checkpoints
+  restored = [checkpoints.restore_checkpoint(d, config) for d in folders if checkpoints.list_checkpoints(d)]
+  if not restored:
+    return state
+  latest = max(restored, key=lambda s: int(s.step))
+  if latest.params is None or latest.opt_state is None:
+    raise ValueError(f'the newest checkpoint in {workdir} (step {int(latest.step)}) is sampling-only; '
+                     'resuming training needs one with the optimizer state.')
+  logging.info('resuming training at step %d', int(latest.step))
+  return latest.replace(lr=state.lr, ema_rate=state.ema_rate)
+
+
+def pmapped_steps(config: ml_collections.ConfigDict, sde, model) -> Tuple[Callable, Callable]:
+  """(train step, eval step) of config.training's loss, each n_jitted_steps steps per `jax.pmap`ped call
+  (`unrolled`) over the local devices: ((rngs, state), batches) -> ((rng, state), losses)."""
+  from pds_jax import losses
+  t = config.training
+  step_kwargs = dict(reduce_mean=t.reduce_mean, continuous=t.continuous, likelihood_weighting=t.likelihood_weighting)
+  train_step = losses.get_step_fn(sde, model, train=True, optimize_fn=losses.optimization_manager(config),
+                                  **step_kwargs)
+  eval_step = losses.get_step_fn(sde, model, train=False, **step_kwargs)
+  return (jax.pmap(unrolled(train_step), axis_name='batch', donate_argnums=1),
+          jax.pmap(unrolled(eval_step), axis_name='batch'))
+
+
+def finite_loss(ploss, step: int) -> float:
+  """The mean of a pmapped call's losses; FloatingPointError when it is not finite."""
+  loss = float(np.mean(jax.device_get(ploss)))
+  if not np.isfinite(loss):
+    raise FloatingPointError(f'training loss is {loss} at step {step}; lower config.optim.lr or check the data.')
+  return loss
+
+
+def save_snapshot_samples(folder: str, samples) -> None:
+  """Writes folder/sample.png (a grid) and folder/sample.npz (uint8 `sample`) of samples in [0, 1]."""
+  from pds_jax.figures import image_grid
+  from pds_jax.io_utils import write_npz, write_png
+  os.makedirs(folder, exist_ok=True)
+  samples = np.clip(np.asarray(samples, np.float32), 0., 1.)
+  write_png(os.path.join(folder, 'sample.png'), image_grid(samples))
+  write_npz(os.path.join(folder, 'sample.npz'), sample=np.round(samples * 255.).astype(np.uint8))
