@@ -252,3 +252,32 @@ class SigmaGridSolver(Solver):
 
   def grid_step(self, denoise, preconditioner, state, i, sigma, sigma_next):
     raise NotImplementedError
+
+
+class WeightedMultistepSolver(SigmaGridSolver):
+  """A multistep σ-grid method whose per-step weights on its history are computed once on the host.
+
+  `order` and `variant` (static) are checked against the class's ORDERS / VARIANTS (named by the config
+  fields ORDER_FIELD / VARIANT_FIELD in errors); `weights` = `weight_table()` is a leaf (float64 numpy
+  on the host, float32 in the driver's scan). iPNDM and UniPC.
+  """
+  order: int = eqx.field(static=True)
+  variant: str = eqx.field(static=True)
+  weights: np.ndarray
+  ORDERS: tuple = ()
+  VARIANTS: tuple = ()
+  ORDER_FIELD = 'solver_order'
+  VARIANT_FIELD = 'variant'
+
+  def __init__(self, sde: sde_lib.SDE, sigmas, order: int, variant: str):
+    super().__init__(sde, sigmas)
+    for field, value, choices in ((self.ORDER_FIELD, order, self.ORDERS), (self.VARIANT_FIELD, variant, self.VARIANTS)):
+      if value not in choices:
+        raise ValueError(f'{self.name}: config.sampling.{field} = {value!r}; choose one of {choices}.')
+    self.order, self.variant = int(order), str(variant)
+    self.weights = self.weight_table()
+
+  def weight_table(self) -> np.ndarray:
+    """(num_steps, …) float64 weights of each scan step on the history (the method's own layout)."""
+    raise NotImplementedError
+

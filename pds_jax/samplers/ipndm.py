@@ -22,12 +22,11 @@ With `noise_removal` the last step is the denoising step x̃ = D(x̃, σ_{n-1}) 
 """
 from __future__ import annotations
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
 from pds_jax import sde_lib
-from pds_jax.samplers.grid import GRID_FIELDS, SigmaGridSolver, sigma_grid
+from pds_jax.samplers.grid import GRID_FIELDS, WeightedMultistepSolver, sigma_grid
 from pds_jax.samplers.methods import declare_field, register_method
 
 ORDERS = (1, 2, 3, 4)
@@ -55,25 +54,21 @@ def variable_step_weights(nodes, target: float) -> np.ndarray:
   return np.linalg.solve(vander, 1. / np.arange(1, p + 1))
 
 
-class IPNDMSolver(SigmaGridSolver):
+class IPNDMSolver(WeightedMultistepSolver):
   """iPNDM of order p (Adams–Bashforth, warm start) on a σ grid; 1 NFE per step.
 
   The state's history holds ε = (x̃ - D) / σ (B, H, W, C) of the previous p - 1 steps, newest first.
   `weights` (num_steps, p) = (σ_{i+1} - σ_i) β_{ik} on (ε_i, …, ε_{i-p+1}): a leaf, float64 numpy
   on the host.
   """
-  order: int = eqx.field(static=True)
-  variant: str = eqx.field(static=True)
-  weights: np.ndarray
   name = 'ipndm'
+  ORDERS, VARIANTS = ORDERS, VARIANTS
+  ORDER_FIELD, VARIANT_FIELD = IPNDM_ORDER, IPNDM_VARIANT
 
   def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 3, variant: str = 'fixed'):
-    super().__init__(sde, sigmas)
-    if order not in ORDERS:
-      raise ValueError(f'ipndm: config.sampling.ipndm_order = {order!r}; choose one of {ORDERS}.')
-    if variant not in VARIANTS:
-      raise ValueError(f'ipndm: config.sampling.ipndm_variant = {variant!r}; choose one of {VARIANTS}.')
-    self.order, self.variant = int(order), str(variant)
+    super().__init__(sde, sigmas, order, variant)
+
+  def weight_table(self) -> np.ndarray:
     real = self.num_steps - int(self.sigmas[-1] == 0)
     weights = np.zeros((self.num_steps, self.order))
     for i in range(real):
@@ -82,7 +77,7 @@ class IPNDMSolver(SigmaGridSolver):
       beta = (ADAMS_BASHFORTH[k] if self.variant == 'fixed'
               else variable_step_weights(self.sigmas[i::-1][:k], self.sigmas[i + 1]))
       weights[i, :k] = step * np.asarray(beta)
-    self.weights = weights
+    return weights
 
   def init_history(self, x):
     return tuple(jnp.zeros_like(x) for _ in range(self.order - 1))

@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import math
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
 from pds_jax import sde_lib
 from pds_jax.samplers.dpm_solver import SOLVER_ORDER
-from pds_jax.samplers.grid import GRID_FIELDS, SigmaGridSolver, sigma_grid
+from pds_jax.samplers.grid import GRID_FIELDS, WeightedMultistepSolver, sigma_grid
 from pds_jax.samplers.methods import declare_field, register_method
 
 ORDERS = (1, 2, 3)
@@ -92,25 +91,21 @@ def unipc_coefficients(lam_hist, lam_next, variant: str, corrector: bool) -> np.
   return w
 
 
-class UniPCSolver(SigmaGridSolver):
+class UniPCSolver(WeightedMultistepSolver):
   """Multistep UniPC-p (UniP-p predictor, UniC-p corrector, data prediction) on a σ grid; 1 NFE per step.
 
   The state's history holds the denoiser outputs (B, H, W, C) of the previous p steps, newest
   first. `weights` (num_steps, 2, p + 1): [i, 0] the corrector's and [i, 1] the predictor's weights
   on (d_i, d_{i-1}, …, d_{i-p}) of scan step i (module docstring); a leaf, float64 numpy on the host.
   """
-  order: int = eqx.field(static=True)
-  variant: str = eqx.field(static=True)
-  weights: np.ndarray
   name = 'unipc'
+  ORDERS, VARIANTS = ORDERS, VARIANTS
+  ORDER_FIELD, VARIANT_FIELD = SOLVER_ORDER, UNIPC_VARIANT
 
   def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 2, variant: str = 'bh2'):
-    super().__init__(sde, sigmas)
-    if order not in ORDERS:
-      raise ValueError(f'unipc: config.sampling.solver_order = {order!r}; choose one of {ORDERS}.')
-    if variant not in VARIANTS:
-      raise ValueError(f'unipc: config.sampling.unipc_variant = {variant!r}; choose one of {VARIANTS}.')
-    self.order, self.variant = int(order), str(variant)
+    super().__init__(sde, sigmas, order, variant)
+
+  def weight_table(self) -> np.ndarray:
     n, p = self.num_steps, self.order
     real = n - int(self.sigmas[-1] == 0)  # steps to σ > 0
     lam = -np.log(np.where(self.sigmas > 0, self.sigmas, 1.))
@@ -122,7 +117,7 @@ class UniPCSolver(SigmaGridSolver):
       if i + 1 < real:  # UniC of step i, applied at step i + 1 (not after the last update)
         corr[i + 1, :k + 1] = unipc_coefficients(hist, lam[i + 1], self.variant, corrector=True)
         corr[i + 1, 1:k + 1] -= pred[i, :k]
-    self.weights = np.stack([corr, pred], axis=1)
+    return np.stack([corr, pred], axis=1)
 
   def init_history(self, x):
     return tuple(jnp.zeros_like(x) for _ in range(self.order))
