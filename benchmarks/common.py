@@ -12,6 +12,7 @@ import os
 import pathlib
 import platform
 import statistics
+import textwrap
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -195,6 +196,16 @@ def reach_cell(entry: dict) -> str:
     return 'not reached'
   cell = ('<= ' if entry['at_most_grid_minimum'] else '') + f'{entry["nfe_to_reach"]:.1f}'
   return cell + ('' if entry['speed_up'] is None else f' ({entry["speed_up"]:.1f}x)')
+
+
+def save_figure(fig, path, dpi: int = 120, note: Optional[str] = None) -> None:
+  """Lays out, writes and closes a matplotlib figure; `note` (the machine's description) as a small wrapped title."""
+  import matplotlib.pyplot as plt
+  if note is not None:
+    fig.suptitle(textwrap.fill(note, 150), fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
 
 
 def output_paths(name: str, out_dir: Optional[str], quick: bool) -> Dict[str, pathlib.Path]:

@@ -337,9 +337,7 @@ def plot(payload: dict, path) -> None:
   net = payload['setting']['net']['class'] if isinstance(payload['setting']['net'], dict) else payload['setting']['net']
   fig.suptitle(f'Compiling the sampler scan ({net}; compilation cache disabled): N = '
                f'{" vs ".join(str(n) for n in steps)}', fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def report(payload: dict) -> str:

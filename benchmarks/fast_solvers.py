@@ -21,13 +21,12 @@ import os
 from typing import Optional, Sequence
 
 from benchmarks import common, samplers
-from pds_jax import sampling
 
 
 def row_fields(row: str) -> dict:
   """config.sampling fields of a row name (unipc<p>-<variant>, ipndm<p>-<variant>, dpm++2m, dpm++3m)."""
   if row.startswith('dpm++'):
-    return {'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++', 'solver_order': int(row[5])}
+    return samplers.dpm_fields('dpm_solver++', int(row[5]))
   method, variant = row.split('-')
   if method.startswith('unipc'):
     return {'method': 'unipc', 'solver_order': int(method[5:]), 'unipc_variant': variant}
@@ -41,19 +40,10 @@ ROWS = ('dpm++2m', 'dpm++3m', 'unipc2-bh1', 'unipc2-bh2', 'unipc3-bh1', 'unipc3-
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--target', choices=('gaussian64_ve', 'gaussian64_vp'), default='gaussian64_ve')
-  p.add_argument('--nfe', default='4,5,6,8,10,15,20')
+  p = samplers.gaussian_sweep_parser(__doc__, '4,5,6,8,10,15,20')
   p.add_argument('--rows', default=','.join(ROWS))
   p.add_argument('--schedules', default='default,karras,logsnr', help="'default' or karras / logsnr / time_uniform")
-  p.add_argument('--num_samples', type=int, default=256)
-  p.add_argument('--quick', action='store_true', help='16² target, 16 samples, NFE 5 and 8')
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--out_dir', default=None)
-  args = p.parse_args(argv)
-  if args.quick:
-    args.nfe = '5,8'
-  return args
+  return samplers.parse_sweep(p, argv)
 
 
 def run(args, path: str) -> dict:
@@ -67,14 +57,8 @@ def run(args, path: str) -> dict:
       entries = []
       for nfe in common.int_list(args.nfe):
         config = samplers._row_config(target.config, fields, nfe, None)
-        try:
-          samples, got, seconds, _ = target.sample(config, None, None)
-          metrics = target.metrics(samples)
-        except sampling.NonFiniteSampleError as e:  # a diverging setting is a result
-          print(f'{row:16s} {schedule:12s} nfe {nfe:3d}: {e}', flush=True)
-          got, metrics = nfe, {'kl_per_dim': float('inf'), 'frechet_distance': float('inf')}
-        entries.append({'nfe': float(got), 'metrics': metrics})
-        print(f'{row:16s} {schedule:12s} nfe {got:5.1f} kl {metrics["kl_per_dim"]:.5g}', flush=True)
+        got, metrics = target.measure(config, f'{row:16s} {schedule:12s}', nfe)
+        entries.append({'nfe': got, 'metrics': metrics})
       payload['results'].setdefault(schedule, {})[row] = entries
       with open(path, 'w') as f:
         json.dump(payload, f, indent=1)

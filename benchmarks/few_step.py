@@ -18,36 +18,24 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 
 from benchmarks import common, samplers
-from pds_jax import sampling
 
 # method rows: name -> config.sampling fields; nodes(NFE) -> the num_steps giving that NFE (None: skip)
 METHODS = {
     'euler': ({'method': 'euler'}, lambda nfe: nfe),
     'heun': ({'method': 'heun'}, lambda nfe: (nfe + 1) // 2 if nfe % 2 else None),
-    'dpm++2m': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++', 'solver_order': 2}, lambda nfe: nfe),
-    'dpm++3m': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++', 'solver_order': 3}, lambda nfe: nfe),
-    'dpm_solver3': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver', 'solver_order': 3},
-                    lambda nfe: (nfe - 1) // 3 + 1 if (nfe - 1) % 3 == 0 else None),
+    'dpm++2m': (samplers.dpm_fields('dpm_solver++', 2), lambda nfe: nfe),
+    'dpm++3m': (samplers.dpm_fields('dpm_solver++', 3), lambda nfe: nfe),
+    'dpm_solver3': (samplers.dpm_fields('dpm_solver', 3), lambda nfe: (nfe - 1) // 3 + 1 if (nfe - 1) % 3 == 0 else None),
 }
 SCHEDULES = ('karras', 'logsnr', 'time_uniform')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--target', choices=('gaussian64_ve', 'gaussian64_vp'), default='gaussian64_ve')
-  p.add_argument('--nfe', default='4,5,6,7,8,10,12,15,20')
+  p = samplers.gaussian_sweep_parser(__doc__, '4,5,6,7,8,10,12,15,20')
   p.add_argument('--methods', default=','.join(METHODS))
-  p.add_argument('--num_samples', type=int, default=256)
-  p.add_argument('--quick', action='store_true', help='16² target, 16 samples, NFE 5 and 8')
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--out_dir', default=None)
-  args = p.parse_args(argv)
-  if args.quick:
-    args.nfe = '5,8'
-  return args
+  return samplers.parse_sweep(p, argv)
 
 
 def _variants(name: str):
@@ -71,14 +59,8 @@ def run(args) -> dict:
         if nodes is None or nodes < 2:
           continue
         config = samplers._row_config(target.config, {**fields, **extra}, nodes, None)
-        try:
-          samples, got, seconds, _ = target.sample(config, None, None)
-          metrics = target.metrics(samples)
-        except (sampling.NonFiniteSampleError, ValueError) as e:
-          print(f'{name:12s} {label:18s} nfe {nfe:3d}: {e}', flush=True)
-          got, metrics = nfe, {'kl_per_dim': float('inf'), 'frechet_distance': float('inf')}
-        results.setdefault(name, {}).setdefault(label, []).append({'nfe': float(got), 'metrics': metrics})
-        print(f'{name:12s} {label:18s} nfe {got:5.1f} kl {metrics["kl_per_dim"]:.5g}', flush=True)
+        got, metrics = target.measure(config, f'{name:12s} {label:18s}', nfe)
+        results.setdefault(name, {}).setdefault(label, []).append({'nfe': got, 'metrics': metrics})
   return {'target': args.target, 'num_samples': target.num_samples, 'floor': floor, 'results': results}
 
 

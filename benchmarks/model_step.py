@@ -26,7 +26,6 @@ import dataclasses
 import importlib
 import json
 import os
-import textwrap
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -303,10 +302,7 @@ def plot(payload: dict, path) -> None:
   ax.set_ylabel('ms per PC step (median); label: PDS share')
   ax.set_title(f'reverse_diffusion + langevin, N={payload["setting"]["num_steps_per_call"]} per call', fontsize=10)
   ax.legend(fontsize=8)
-  fig.suptitle(textwrap.fill(payload['machine'], 150), fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path, note=payload['machine'])
 
 
 def report(payload: dict) -> str:

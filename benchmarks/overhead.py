@@ -119,9 +119,7 @@ def plot(payload: dict, path) -> None:
   s = payload['setting']
   ax.set_title(f'{s["net"]["num_params"] / 1e6:.2f}M-param conv score net, batch {s["shape"][0]}, '
                f'{s["shape"][1]}x{s["shape"][2]}, N={s["num_steps"]}', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def report(payload: dict) -> str:

@@ -668,9 +668,7 @@ def plot(payload: dict, path) -> None:
          title=f"{payload['target']}: peers (grey) vs pds_jax on the same exact score and x_T ({payload['num_samples']} samples)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def report(payload: dict) -> str:

@@ -195,9 +195,7 @@ def plot(payload: dict, path) -> None:
   h, w, c = payload['setting']['shape']
   fig.suptitle(f'Gaussian reference {h}x{w}x{c}, VE σ_max={payload["setting"]["sde"]["sigma_max"]}, '
                f'{payload["setting"]["num_samples"]} samples')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def report(payload: dict) -> str:

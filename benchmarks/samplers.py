@@ -50,7 +50,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -64,6 +64,33 @@ GAUSSIAN_TARGETS = ('gaussian64_ve', 'gaussian64_vp', 'gaussian256_ve', 'gaussia
 TARGETS = GAUSSIAN_TARGETS + ('shipped', 'resolution', 'alpha', 'alpha_vp', 'alpha_few')
 ALPHA_TARGETS = ('alpha', 'alpha_vp', 'alpha_few')
 TOLERANCE = 1.05
+
+
+def gaussian_sweep_parser(doc: str, nfe: str) -> argparse.ArgumentParser:
+  """The arguments of an NFE sweep on the 64² exact Gaussian targets (fast_solvers, few_step);
+  `parse_sweep` reads them (--quick: the 16² target, 16 samples, NFE 5 and 8)."""
+  p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--target', choices=('gaussian64_ve', 'gaussian64_vp'), default='gaussian64_ve')
+  p.add_argument('--nfe', default=nfe)
+  p.add_argument('--num_samples', type=int, default=256)
+  p.add_argument('--quick', action='store_true', help='16² target, 16 samples, NFE 5 and 8')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--out_dir', default=None)
+  return p
+
+
+def parse_sweep(p: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  args = p.parse_args(argv)
+  if args.quick:
+    args.nfe = '5,8'
+  return args
+
+
+def dpm_fields(variant: str, order: int) -> dict:
+  """config.sampling fields of DPM-Solver's `variant` ('dpm_solver', 'dpm_solver++', 'dpm_solver++_sde') of `order`."""
+  return {'method': 'dpm_solver', 'dpm_solver_variant': variant, 'solver_order': order}
+
+
 # Rows: name -> (config.sampling fields, the grid argument that lists its sizes, PDS, init).
 ROWS = {
     'pc': ({'method': 'pc'}, 'pc_steps', False, 'prior'),
@@ -73,22 +100,20 @@ ROWS = {
     'heun': ({'method': 'heun'}, 'heun_nodes', False, 'prior'),
     'ancestral': ({'method': 'ancestral'}, 'ancestral_nodes', False, 'prior'),
     'ancestral+pds': ({'method': 'ancestral'}, 'ancestral_nodes', True, 'prior'),
-    'dpm_solver3': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver', 'solver_order': 3},
-                    'dpm3_nodes', False, 'prior'),
-    'dpm++2m': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++', 'solver_order': 2},
-                'dpm_nodes', False, 'prior'),
-    'dpm++3m': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++', 'solver_order': 3},
-                'dpm_nodes', False, 'prior'),
+    'dpm_solver3': (dpm_fields('dpm_solver', 3), 'dpm3_nodes', False, 'prior'),
+    'dpm++2m': (dpm_fields('dpm_solver++', 2), 'dpm_nodes', False, 'prior'),
+    'dpm++3m': (dpm_fields('dpm_solver++', 3), 'dpm_nodes', False, 'prior'),
     'heun/spectral': ({'method': 'heun'}, 'init_nodes', False, 'spectral_gaussian'),
-    'dpm++3m/spectral': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++', 'solver_order': 3},
-                         'init_nodes', False, 'spectral_gaussian'),
+    'dpm++3m/spectral': (dpm_fields('dpm_solver++', 3), 'init_nodes', False, 'spectral_gaussian'),
     'pc+pds/spectral': ({'method': 'pc'}, 'init_pc_steps', True, 'spectral_gaussian'),
     'edm_stochastic': ({'method': 'edm_stochastic'}, 'edm_stochastic_nodes', False, 'prior'),
     'restart': ({'method': 'restart'}, 'restart_nodes', False, 'prior'),
-    'dpm++2m_sde': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++_sde', 'solver_order': 2},
-                    'dpm_sde_nodes', False, 'prior'),
-    'dpm++3m_sde': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++_sde', 'solver_order': 3},
-                    'dpm_sde_nodes', False, 'prior'),
+    'dpm++2m_sde': (dpm_fields('dpm_solver++_sde', 2), 'dpm_sde_nodes', False, 'prior'),
+    'dpm++3m_sde': (dpm_fields('dpm_solver++_sde', 3), 'dpm_sde_nodes', False, 'prior'),
+    'edm_stochastic/spectral': ({'method': 'edm_stochastic'}, 'edm_stochastic_nodes', False, 'spectral_gaussian'),
+    'restart/spectral': ({'method': 'restart'}, 'restart_nodes', False, 'spectral_gaussian'),
+    'dpm++2m_sde/spectral': (dpm_fields('dpm_solver++_sde', 2), 'dpm_sde_nodes', False, 'spectral_gaussian'),
+    'ancestral/spectral': ({'method': 'ancestral'}, 'ancestral_nodes', False, 'spectral_gaussian'),
     'unipc2': ({'method': 'unipc', 'solver_order': 2}, 'fast_nodes', False, 'prior'),
     'unipc3': ({'method': 'unipc', 'solver_order': 3}, 'fast_nodes', False, 'prior'),
     'ipndm': ({'method': 'ipndm'}, 'fast_nodes', False, 'prior'),
@@ -219,6 +244,8 @@ class Target:
       from pds_jax import evaluation, references, sampling_run
       self.score_fn, _ = sampling_run.get_score_fn(self.config, None, self.sde)
       images, self.floor_images = references.reference_images(self.config, 2000, self.num_samples)
+      from benchmarks.noise_samples import NOISE_FACTOR, high_pass_energy
+      self.noise_threshold = NOISE_FACTOR * float(high_pass_energy(images).max())
       self.train_images = np.concatenate(list(datasets.iterate_images(self.config, 'train', 4096, seed=args.seed)))
       metric_config = ml_collections.ConfigDict(self.config.to_dict())
       metric_config.eval.kid_subset_size = min(self.num_samples, 1000)
@@ -241,7 +268,9 @@ class Target:
     if self.name == 'shipped':
       from pds_jax import evaluation
       m = evaluation.evaluate_samples(np.clip(samples, 0., 1.), self.reference_features, self.metric_config)
-      return {'swd_avg': m['swd']['avg'], 'fd_features': m['fd_features'], 'kid': m['kid']['mean']}
+      from benchmarks.noise_samples import high_pass_energy
+      return {'swd_avg': m['swd']['avg'], 'fd_features': m['fd_features'], 'kid': m['kid']['mean'],
+              'noise_fraction': float(np.mean(high_pass_energy(samples) > self.noise_threshold))}
     return gaussian.metrics(samples, self.reference)
 
   def sample(self, config, preconditioner, workdir: Optional[str]):
@@ -253,6 +282,17 @@ class Target:
     samples, nfe = fn(keys, self.score_fn)
     samples = np.asarray(jax.block_until_ready(samples), np.float32)
     return samples, nfe, time.time() - start, fn.settings
+
+  def measure(self, config, label: str, nfe: int) -> Tuple[float, Dict[str, float]]:
+    """(NFE, metrics) of one config; a diverging or refused setting is a result (infinite errors), printed."""
+    try:
+      samples, got, _, _ = self.sample(config, None, None)
+      metrics = self.metrics(samples)
+    except (sampling.NonFiniteSampleError, ValueError) as e:
+      print(f'{label} nfe {nfe:3d}: {e}', flush=True)
+      got, metrics = nfe, {'kl_per_dim': float('inf'), 'frechet_distance': float('inf')}
+    print(f'{label} nfe {got:5.1f} kl {metrics.get("kl_per_dim", float("nan")):.5g}', flush=True)
+    return float(got), metrics
 
 
 def _fit_spectral_init(target: Target, folder: str, sigma_t_data: Optional[float]) -> float:
@@ -445,9 +485,7 @@ def plot(payload: dict, path) -> None:
              title=f'{payload["target"]}: {metric} vs NFE ({payload["num_samples"]} samples)')
       ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def report(payload: dict) -> str:

@@ -316,9 +316,7 @@ def plot(payload: dict, path) -> None:
   axes[1].set_xlabel('ms per shard (median)')
   axes[1].legend(fontsize=8)
   axes[1].set_title('CLI bookkeeping per round vs sampling', fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  common.save_figure(fig, path)
 
 
 def _ops_cell(ops: dict) -> str:

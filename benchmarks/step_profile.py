@@ -54,7 +54,6 @@ import importlib.util
 import json
 import os
 import sys
-import textwrap
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -594,10 +593,7 @@ def plot(payload: dict, path) -> None:
     ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
     ax.set_ylabel('ms per forward (layers timed alone + rest)')
     ax.legend(fontsize=7)
-  fig.suptitle(textwrap.fill(payload['machine'], 150), fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=110, note=payload['machine'])
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -740,10 +736,7 @@ def plot_cores(payload: dict, path) -> None:
     ax.set_ylabel('forward: per-image cost / batch 1')
     ax.set_title(model, fontsize=10)
     ax.legend(fontsize=7)
-  fig.suptitle(textwrap.fill(payload['machine'], 150), fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=110, note=payload['machine'])
 
 
 def report_cores(payload: dict) -> str:

@@ -85,3 +85,59 @@ def fixtures_dir() -> pathlib.Path:
   if not FIXTURES.is_dir():
     pytest.fail(f'shared fixtures not found at {FIXTURES}; the tests need ../shared/fixtures beside the project.')
   return FIXTURES
+
+
+_DEVICE_SCRIPT = '''
+import sys; sys.path.insert(0, {tests!r})
+import importlib, jax, numpy as np
+from pds_jax import parallel, sampling
+from pds_jax.samplers.driver import Sampler
+assert jax.local_device_count() == 4, jax.local_device_count()
+keys = sampling.sample_keys(5, 8, 8)
+out = {{}}
+for name, (solver, score_fn, shape) in getattr(importlib.import_module({module!r}), {cases!r})().items():
+  runs = [Sampler(solver, (8,) + tuple(shape), **kw)(keys, score_fn)
+          for kw in ({{}}, {{'mesh': parallel.batch_mesh()}}, {{'pmap': True}})]
+  out[name] = np.stack([np.asarray(r[0]) for r in runs])
+  out[name + '_nfe'] = np.array([r[1] for r in runs], np.float64)
+np.savez({out!r}, **out)
+'''
+
+
+def same_samples_on_devices(tmp_path: pathlib.Path, module: str, cases: str, atol=lambda name: 1e-6) -> dict:
+  """Samples every case of `<module>.<cases>()` — {name: (solver, score_fn, per-sample shape)} — with 8
+  per-sample keys on one device, under shard_map and under pmap over 4 host CPU devices (a subprocess:
+  the device count is fixed when JAX starts); asserts the three agree to atol(name) × max|x| and have
+  one NFE. Returns {name: NFE}."""
+  import subprocess
+  import sys
+
+  import numpy as np
+  out = tmp_path / 'devices.npz'
+  script = _DEVICE_SCRIPT.format(tests=str(ROOT / 'tests'), module=module, cases=cases, out=str(out))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  nfe = {}
+  with np.load(out) as f:
+    names = [name for name in f.files if not name.endswith('_nfe')]
+    for name in names:
+      single, sharded, pmapped = f[name]
+      tolerance = atol(name) * np.abs(single).max()
+      np.testing.assert_allclose(sharded, single, rtol=0, atol=tolerance, err_msg=name)
+      np.testing.assert_allclose(pmapped, single, rtol=0, atol=tolerance, err_msg=name)
+      assert len(set(f[name + '_nfe'])) == 1, (name, f[name + '_nfe'])
+      nfe[name] = int(f[name + '_nfe'][0])
+  return nfe
+
+
+def gaussian8_config(num_scales=None, **sampling_fields):
+  """configs/gaussian/natural_32 at 8×8 (the exact natural-spectrum Gaussian), with config.sampling.<name> = value."""
+  from configs.gaussian.natural_32 import get_config
+  config = get_config()
+  config.data.image_size = 8
+  if num_scales is not None:
+    config.model.num_scales = num_scales
+  for name, value in sampling_fields.items():
+    config.sampling[name] = value
+  return config

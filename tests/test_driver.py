@@ -1,18 +1,14 @@
 """Tests for pds_jax.samplers.driver (the one sampling driver) and `sampling.get_sampling_fn`'s dispatch:
 every method gets chunked runs, snapshots, NaN detection with the step, per-sample keys, device
 independence and the same NFE accounting."""
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import gaussian8_config, same_samples_on_devices
 from pds_jax import gaussian, sampling, sampling_run, sde_lib
 from pds_jax.samplers import dpm_solver, edm, grid, ode
 from pds_jax.samplers.driver import NonFiniteSampleError, Sampler
@@ -132,50 +128,21 @@ def test_sampler_takes_x_init_of_its_shape_only():
 # ----------------------------------------------------------------------------- devices
 
 
+def device_cases():
+  return {name: (solver, REF.score_fn(SDE), SHAPE[1:]) for name, solver in _solvers().items()}
+
+
 def test_every_method_gives_the_same_samples_on_one_and_four_devices(tmp_path):
-  script = textwrap.dedent('''
-      import sys; sys.path.insert(0, %r)
-      import jax, numpy as np
-      import test_driver as T
-      from pds_jax import parallel, sampling
-      from pds_jax.samplers.driver import Sampler
-      assert jax.local_device_count() == 4
-      keys = sampling.sample_keys(5, 8, 8)
-      out = {}
-      for name, solver in T._solvers().items():
-        runs = [Sampler(solver, (8,) + T.SHAPE[1:], **kw)(keys, T.REF.score_fn(T.SDE))
-                for kw in ({}, {'mesh': parallel.batch_mesh()}, {'pmap': True})]
-        out[name] = np.stack([np.asarray(r[0]) for r in runs])
-        out[name + '_nfe'] = np.array([r[1] for r in runs], np.float64)
-      np.savez(%r, **out)
-  ''' % (str(ROOT / 'tests'), str(tmp_path / 'out.npz')))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with np.load(tmp_path / 'out.npz') as f:
-    for name in _solvers():
-      single, sharded, pmapped = f[name]
-      scale = np.abs(single).max()
-      # only the PC Langevin step size (a batch mean, pmean over devices) sees reductions in another order
-      atol = 1e-5 * scale if name == 'pc' else 1e-6 * scale
-      np.testing.assert_allclose(sharded, single, rtol=0, atol=atol, err_msg=name)
-      np.testing.assert_allclose(pmapped, single, rtol=0, atol=atol, err_msg=name)
-      assert len(set(f[name + '_nfe'])) == 1, name
+  # only the PC Langevin step size (a batch mean, pmean over devices) sees reductions in another order
+  nfe = same_samples_on_devices(tmp_path, 'test_driver', 'device_cases', atol=lambda name: 1e-5 if name == 'pc' else 1e-6)
+  assert set(nfe) == set(_solvers())
 
 
 # ----------------------------------------------------------------------------- get_sampling_fn
 
 
 def _config(method, **sampling_fields):
-  from configs.gaussian.natural_32 import get_config
-  config = get_config()
-  config.data.image_size = 8
-  config.model.num_scales = 100
-  config.sampling.method = method
-  config.sampling.num_chunks = 1
-  for k, v in sampling_fields.items():
-    setattr(config.sampling, k, v)
-  return config
+  return gaussian8_config(num_scales=100, method=method, num_chunks=1, **sampling_fields)
 
 
 def _build(config, preconditioner=None, workdir=None, batch=4):

@@ -4,18 +4,14 @@ References are the closed forms of the exact Gaussian data N(μ, Σ) of tests/te
 mode the probability-flow ODE maps x̃ - μ at σ_s to sqrt((λ + σ²) / (λ + σ_s²)) (x̃ - μ) at σ.
 """
 import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import gaussian8_config, same_samples_on_devices
 from pds_jax import sampling, sde_lib
 from pds_jax.preconditioning import Preconditioner
 from pds_jax.samplers import grid, ipndm, unipc
@@ -199,48 +195,20 @@ def test_non_finite_states_are_reported_with_their_step(name):
   assert info.value.step == int(np.argmax(times < threshold)), (info.value.step, times)  # 1 evaluation, at its start
 
 
+def device_cases():
+  sde, solvers = _solvers()
+  return {name: (solver, REF.score_fn(sde), REF.mean.shape) for name, solver in solvers.items()}
+
+
 def test_unipc_and_ipndm_give_the_same_samples_on_one_and_four_devices(tmp_path):
-  script = textwrap.dedent('''
-      import sys; sys.path.insert(0, %r)
-      import jax, numpy as np
-      import test_fast_solvers as T
-      from pds_jax import parallel, sampling
-      from pds_jax.samplers.driver import Sampler
-      assert jax.local_device_count() == 4
-      keys = sampling.sample_keys(5, 8, 8)
-      sde, solvers = T._solvers()
-      out = {}
-      for name, solver in solvers.items():
-        runs = [Sampler(solver, (8,) + T.REF.mean.shape, **kw)(keys, T.REF.score_fn(sde))
-                for kw in ({}, {'mesh': parallel.batch_mesh()}, {'pmap': True})]
-        out[name] = np.stack([np.asarray(r[0]) for r in runs])
-        out[name + '_nfe'] = np.array([r[1] for r in runs], np.float64)
-      np.savez(%r, **out)
-  ''' % (str(ROOT / 'tests'), str(tmp_path / 'out.npz')))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with np.load(tmp_path / 'out.npz') as f:
-    for name in ('unipc', 'ipndm'):
-      single, sharded, pmapped = f[name]
-      atol = 1e-6 * np.abs(single).max()
-      np.testing.assert_allclose(sharded, single, rtol=0, atol=atol, err_msg=name)
-      np.testing.assert_allclose(pmapped, single, rtol=0, atol=atol, err_msg=name)
-      assert list(f[name + '_nfe']) == [6, 6, 6], name
+  assert same_samples_on_devices(tmp_path, 'test_fast_solvers', 'device_cases') == {'unipc': 6, 'ipndm': 6}
 
 
 # ----------------------------------------------------------------------------- config and CLI
 
 
 def _config(method, **fields):
-  from configs.gaussian.natural_32 import get_config
-  config = get_config()
-  config.data.image_size = 8
-  config.sampling.method = method
-  config.sampling.num_chunks = 1
-  for k, v in fields.items():
-    setattr(config.sampling, k, v)
-  return config
+  return gaussian8_config(method=method, num_chunks=1, **fields)
 
 
 def _build(config, preconditioner=None):

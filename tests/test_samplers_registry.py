@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, gaussian8_config
 from pds_jax import gaussian, sampling, sde_lib
 from pds_jax.samplers import grid, methods
 from pds_jax.samplers.grid import GRID_FIELDS, SigmaGridSolver, sigma_grid
@@ -86,13 +86,7 @@ def test_registration_is_unique_and_fields_are_declared_once():
   assert set(methods.pds_methods()) >= {'pc', 'ancestral'} and 'heun' not in methods.pds_methods()
 
 
-def _config(**fields):
-  from configs.gaussian.natural_32 import get_config
-  config = get_config()
-  config.data.image_size = 8
-  for name, value in fields.items():
-    config.sampling[name] = value
-  return config
+_config = gaussian8_config
 
 
 def test_resolve_translates_the_init_aware_alias_once():

@@ -7,18 +7,14 @@ every method is a linear Gaussian chain per Fourier mode (variance λ), so the o
 mode is an exact recursion, and the samples' per-mode variances are checked against it with bounds
 derived from the sample count.
 """
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import same_samples_on_devices
 from pds_jax import gaussian, sampling, sde_lib
 from pds_jax.preconditioning import Preconditioner
 from pds_jax.samplers import dpm_solver, edm, edm_stochastic, grid, methods, restart
@@ -74,6 +70,16 @@ def _noises(keys):
 # ----------------------------------------------------------------------------- against the published loops
 
 
+def _heun(model, x, t_cur, t_next, last: bool):
+  """One step of EDM's Algorithm 1 from t_cur to t_next (Euler alone when `last`), in float32 as the loops."""
+  d_cur = (x - model(x, t_cur)) / np.float32(t_cur)
+  x_next = x + np.float32(t_next - t_cur) * d_cur
+  if not last:
+    d_prime = (x_next - model(x_next, t_next)) / np.float32(t_next)
+    x_next = x + np.float32(t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+  return x_next
+
+
 def test_edm_stochastic_is_edm_algorithm_2():
   """k-diffusion's sample_heun (Karras et al. Algorithm 2), transcribed, with the driver's noise."""
   x_t, keys = _x_t(3.), sampling.sample_keys(0, 0, 8)
@@ -87,14 +93,7 @@ def test_edm_stochastic_is_edm_algorithm_2():
     eps = sampling.normal(next(noise), x.shape) * s_noise
     if gamma > 0:
       x = x + eps * np.float32((sigma_hat ** 2 - SIGMAS[i] ** 2) ** 0.5)
-    d = (x - model(x, sigma_hat)) / np.float32(sigma_hat)
-    dt = np.float32(SIGMAS[i + 1] - sigma_hat)
-    if SIGMAS[i + 1] == 0:
-      x = x + d * dt
-    else:
-      x_2 = x + d * dt
-      d_2 = (x_2 - model(x_2, SIGMAS[i + 1])) / np.float32(SIGMAS[i + 1])
-      x = x + (d + d_2) / 2 * dt
+    x = _heun(model, x, sigma_hat, SIGMAS[i + 1], last=SIGMAS[i + 1] == 0)
   assert nfe == model.calls == 2 * n - 1
   np.testing.assert_allclose(out, x, rtol=0, atol=2e-5)
   assert float(jnp.max(jnp.abs(out - _run(edm.HeunSolver(VE, SIGMAS), x_t, keys)[0]))) > 1e-2  # churn mattered
@@ -108,17 +107,9 @@ def test_restart_is_the_official_restart_sampler():
   model, noise, x = _Counted(), _noises(keys), x_t
   num_steps = len(SIGMAS) - 1
 
-  def heun(x, t_cur, t_next, last):
-    d_cur = (x - model(x, t_cur)) / np.float32(t_cur)
-    x_next = x + np.float32(t_next - t_cur) * d_cur
-    if not last:
-      d_prime = (x_next - model(x_next, t_next)) / np.float32(t_next)
-      x_next = x + np.float32(t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
-    return x_next
-
   for i in range(num_steps):
     next(noise)  # a main step adds no noise but consumes its key
-    x = heun(x, SIGMAS[i], SIGMAS[i + 1], i == num_steps - 1)
+    x = _heun(model, x, SIGMAS[i], SIGMAS[i + 1], last=i == num_steps - 1)
     if i + 1 == j:
       for _ in range(k):
         steps = grid.karras_sigmas(t_max, SIGMAS[j], nodes, 7., append_zero=False)
@@ -126,7 +117,7 @@ def test_restart_is_the_official_restart_sampler():
           z = sampling.normal(next(noise), x.shape)
           if m == 0:
             x = x + z * np.float32((steps[0] ** 2 - steps[-1] ** 2) ** 0.5)
-          x = heun(x, t_cur, t_next, False)
+          x = _heun(model, x, t_cur, t_next, last=False)
   assert nfe == model.calls == 2 * num_steps - 1 + 2 * k * (nodes - 1) == 23
   np.testing.assert_allclose(out, x, rtol=0, atol=2e-5)
 
@@ -385,36 +376,15 @@ def test_bad_fields_are_refused_naming_the_field(method, fields, message):
 
 @pytest.mark.slow
 def test_the_stochastic_samplers_give_the_same_samples_on_one_and_four_devices(tmp_path):
-  script = textwrap.dedent('''
-      import sys; sys.path.insert(0, %r)
-      import jax, numpy as np
-      import test_stochastic_samplers as T
-      from pds_jax import parallel, sampling
-      from pds_jax.samplers import dpm_solver
-      from pds_jax.samplers.driver import Sampler
-      assert jax.local_device_count() == 4
-      keys = sampling.sample_keys(5, 8, 8)
-      sigmas = T.grid.karras_sigmas(50., 2e-3, 8, 7.)  # from the prior at σ(T) = 50; 8 steps, as many as samples
-      solvers = {'edm_stochastic': T._edm(sigmas), 'restart': T._restart(sigmas, j=5, t_max=1.),
-                 'dpm_solver++_sde': dpm_solver.DPMSolverPPSDE(T.VE, sigmas, 3, 1.)}
-      out = {}
-      for name, solver in solvers.items():
-        runs = [Sampler(solver, (8,) + T.SHAPE, **kw)(keys, T.REF.score_fn(T.VE))
-                for kw in ({}, {'mesh': parallel.batch_mesh()}, {'pmap': True})]
-        out[name] = np.stack([np.asarray(r[0]) for r in runs])
-        out[name + '_nfe'] = np.array([r[1] for r in runs], np.float64)
-      np.savez(%r, **out)
-  ''' % (str(ROOT / 'tests'), str(tmp_path / 'out.npz')))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with np.load(tmp_path / 'out.npz') as f:
-    for name in ('edm_stochastic', 'restart', 'dpm_solver++_sde'):
-      single, sharded, pmapped = f[name]
-      atol = 1e-6 * np.abs(single).max()
-      np.testing.assert_allclose(sharded, single, rtol=0, atol=atol, err_msg=name)
-      np.testing.assert_allclose(pmapped, single, rtol=0, atol=atol, err_msg=name)
-      assert len(set(f[name + '_nfe'])) == 1, name
+  nfe = same_samples_on_devices(tmp_path, 'test_stochastic_samplers', 'device_cases')
+  assert set(nfe) == {'edm_stochastic', 'restart', 'dpm_solver++_sde'}
+
+
+def device_cases():
+  sigmas = grid.karras_sigmas(50., 2e-3, 8, 7.)  # from the prior at σ(T) = 50; 8 steps, as many as samples
+  solvers = {'edm_stochastic': _edm(sigmas), 'restart': _restart(sigmas, j=5, t_max=1.),
+             'dpm_solver++_sde': dpm_solver.DPMSolverPPSDE(VE, sigmas, 3, 1.)}
+  return {name: (solver, REF.score_fn(VE), SHAPE) for name, solver in solvers.items()}
 
 
 def test_the_config_path_refuses_pds_for_dpm_solver_pp_sde_with_the_reason():

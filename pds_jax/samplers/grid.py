@@ -19,7 +19,7 @@ from jax.tree_util import Partial
 
 from pds_jax import sde_lib
 from pds_jax.samplers.driver import ScoreFn, Solver
-from pds_jax.samplers.methods import Context, declare_field
+from pds_jax.samplers.methods import Context, declare_field, declared_fields
 from pds_jax.utils import batch_mul
 
 NUM_STEPS = declare_field('num_steps', None, int, 'steps of the method (σ-grid methods: grid nodes; None: PC '
@@ -257,9 +257,9 @@ class SigmaGridSolver(Solver):
 class WeightedMultistepSolver(SigmaGridSolver):
   """A multistep σ-grid method whose per-step weights on its history are computed once on the host.
 
-  `order` and `variant` (static) are checked against the class's ORDERS / VARIANTS (named by the config
-  fields ORDER_FIELD / VARIANT_FIELD in errors); `weights` = `weight_table()` is a leaf (float64 numpy
-  on the host, float32 in the driver's scan). iPNDM and UniPC.
+  `order` and `variant` (static) are checked against the class's ORDERS / VARIANTS; None takes the
+  default declared for its config field ORDER_FIELD / VARIANT_FIELD (which errors name); `weights` =
+  `weight_table()` is a leaf (float64 numpy on the host, float32 in the driver's scan). iPNDM and UniPC.
   """
   order: int = eqx.field(static=True)
   variant: str = eqx.field(static=True)
@@ -269,13 +269,26 @@ class WeightedMultistepSolver(SigmaGridSolver):
   ORDER_FIELD = 'solver_order'
   VARIANT_FIELD = 'variant'
 
-  def __init__(self, sde: sde_lib.SDE, sigmas, order: int, variant: str):
+  def __init__(self, sde: sde_lib.SDE, sigmas, order: Optional[int] = None, variant: Optional[str] = None):
     super().__init__(sde, sigmas)
+    settings = {}
     for field, value, choices in ((self.ORDER_FIELD, order, self.ORDERS), (self.VARIANT_FIELD, variant, self.VARIANTS)):
+      value = declared_fields()[field].default if value is None else value
       if value not in choices:
         raise ValueError(f'{self.name}: config.sampling.{field} = {value!r}; choose one of {choices}.')
-    self.order, self.variant = int(order), str(variant)
+      settings[field] = value
+    self.order, self.variant = int(settings[self.ORDER_FIELD]), str(settings[self.VARIANT_FIELD])
     self.weights = self.weight_table()
+
+  @classmethod
+  def from_fields(cls, fields: dict, ctx: Context) -> 'WeightedMultistepSolver':
+    """The solver of a resolved config (a `register_method` builder)."""
+    return cls(ctx.sde, sigma_grid(fields, ctx, cls.name), fields[cls.ORDER_FIELD], fields[cls.VARIANT_FIELD])
+
+  @property
+  def real_steps(self) -> int:
+    """Steps to a σ > 0 (all but the denoising step to 0, when the grid has one)."""
+    return self.num_steps - int(self.sigmas[-1] == 0)
 
   def weight_table(self) -> np.ndarray:
     """(num_steps, …) float64 weights of each scan step on the history (the method's own layout)."""

@@ -25,8 +25,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from pds_jax import sde_lib
-from pds_jax.samplers.grid import GRID_FIELDS, WeightedMultistepSolver, sigma_grid
+from pds_jax.samplers.grid import GRID_FIELDS, WeightedMultistepSolver
 from pds_jax.samplers.methods import declare_field, register_method
 
 ORDERS = (1, 2, 3, 4)
@@ -65,13 +64,9 @@ class IPNDMSolver(WeightedMultistepSolver):
   ORDERS, VARIANTS = ORDERS, VARIANTS
   ORDER_FIELD, VARIANT_FIELD = IPNDM_ORDER, IPNDM_VARIANT
 
-  def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 3, variant: str = 'fixed'):
-    super().__init__(sde, sigmas, order, variant)
-
   def weight_table(self) -> np.ndarray:
-    real = self.num_steps - int(self.sigmas[-1] == 0)
     weights = np.zeros((self.num_steps, self.order))
-    for i in range(real):
+    for i in range(self.real_steps):
       k = min(self.order, i + 1)
       step = self.sigmas[i + 1] - self.sigmas[i]
       beta = (ADAMS_BASHFORTH[k] if self.variant == 'fixed'
@@ -90,8 +85,4 @@ class IPNDMSolver(WeightedMultistepSolver):
     return state._replace(x=x, history=stack[:self.order - 1])
 
 
-
-
-@register_method('ipndm', fields=GRID_FIELDS + (IPNDM_ORDER, IPNDM_VARIANT), default_steps=10)
-def _ipndm(fields, ctx):
-  return IPNDMSolver(ctx.sde, sigma_grid(fields, ctx, 'ipndm'), fields[IPNDM_ORDER], fields[IPNDM_VARIANT])
+register_method('ipndm', fields=GRID_FIELDS + (IPNDM_ORDER, IPNDM_VARIANT), default_steps=10)(IPNDMSolver.from_fields)

@@ -82,18 +82,44 @@ from pds_jax.samplers.grid import (GridState, NOISE_REMOVAL, SCHEDULE, SCHEDULE_
                                    denoiser_from_score, logsnr_sigmas)
 from pds_jax.samplers.methods import Resolved, Start, declare_field
 
-TUNE_FINE_STEPS = declare_field('tune_fine_steps', 60, int, '--mode tune_schedule: intervals of the fine σ grid '
-                                                            '(log-uniform) the searched nodes are chosen from')
-TUNE_TEACHER_STEPS = declare_field('tune_teacher_steps', 480, int, '--mode tune_schedule: Heun steps of the '
-                                                                   'teacher trajectory (rounded up to a multiple '
-                                                                   'of tune_fine_steps)')
-TUNE_NUM_SAMPLES = declare_field('tune_num_samples', 8, int, '--mode tune_schedule: teacher trajectories (seeds)')
-TUNE_COST = declare_field('tune_cost', 'own', str, "--mode tune_schedule: the step whose local error is the cost: "
-                                                   "'own' (the method's; first order for iPNDM/UniPC, as GITS) or "
-                                                   "'euler'")
-TUNE_REFINE_ROUNDS = declare_field('tune_refine_rounds', 3, int, '--mode tune_schedule: rounds of coordinate '
-                                                                  'descent of the global error after the DP (0: GITS)')
 COSTS = ('own', 'euler')
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSettings:
+  """`--mode tune_schedule`'s settings, `config.sampling.tune_<name>` (docs in `_TUNE_DOCS`)."""
+  fine_steps: int = 60
+  teacher_steps: int = 480
+  num_samples: int = 8
+  cost: str = 'own'
+  refine_rounds: int = 3
+
+  @classmethod
+  def from_config(cls, sampling) -> 'TuneSettings':
+    """Reads config.sampling.tune_* (a config that predates a field gets its default) and checks them."""
+    values = {f.name: sampling.get('tune_' + f.name) for f in dataclasses.fields(cls)}
+    settings = cls(**{name: value for name, value in values.items() if value is not None})
+    if settings.fine_steps < 2 or settings.teacher_steps < 1 or settings.num_samples < 1:
+      raise ValueError(f'config.sampling.tune_fine_steps ({settings.fine_steps}) must be >= 2, tune_teacher_steps '
+                       f'({settings.teacher_steps}) and tune_num_samples ({settings.num_samples}) >= 1.')
+    if settings.refine_rounds < 0:
+      raise ValueError(f'config.sampling.tune_refine_rounds = {settings.refine_rounds}; it must be >= 0.')
+    return settings
+
+
+_TUNE_DOCS = {
+    'fine_steps': 'intervals of the fine σ grid (log-uniform) the searched nodes are chosen from',
+    'teacher_steps': 'Heun steps of the teacher trajectory (rounded up to a multiple of tune_fine_steps)',
+    'num_samples': 'teacher trajectories (seeds)',
+    'cost': "the step whose local error is the cost: 'own' (the method's; first order for iPNDM/UniPC, as "
+            "GITS) or 'euler'",
+    'refine_rounds': 'rounds of coordinate descent of the global error after the DP (0: GITS)',
+}
+for _field in dataclasses.fields(TuneSettings):
+  declare_field('tune_' + _field.name, _field.default, type(_field.default),
+                '--mode tune_schedule: ' + _TUNE_DOCS[_field.name])
+del _field
+
 FIXED_SCHEDULES = ('karras', 'logsnr', 'time_uniform')
 TUNE_KEY_OFFSET = 1 << 30  # the teacher's seeds: sample indices 2^30 + s, never those of a sampling run
 
@@ -380,11 +406,8 @@ def search(sampling, sampler: Sampler, score_fn: ScoreFn, eps: float, seed: int,
   resolved = methods.resolve(sampling)
   solver = sampler.solver
   check_tunable(solver)
-  fine_steps, teacher_steps = int(_setting(sampling, TUNE_FINE_STEPS)), int(_setting(sampling, TUNE_TEACHER_STEPS))
-  num_samples = int(_setting(sampling, TUNE_NUM_SAMPLES))
-  if fine_steps < 2 or teacher_steps < 1 or num_samples < 1:
-    raise ValueError(f'config.sampling.tune_fine_steps ({fine_steps}) must be >= 2, tune_teacher_steps '
-                     f'({teacher_steps}) and tune_num_samples ({num_samples}) >= 1.')
+  settings = TuneSettings.from_config(sampling)
+  fine_steps, teacher_steps, num_samples = settings.fine_steps, settings.teacher_steps, settings.num_samples
   sde, sigmas = solver.sde, np.asarray(solver.sigmas, np.float64)
   noise_removal = bool(sigmas[-1] == 0)
   positive = sigmas[sigmas > 0]
@@ -394,7 +417,7 @@ def search(sampling, sampler: Sampler, score_fn: ScoreFn, eps: float, seed: int,
                      f'sigma_min, more than the fine grid\'s {fine_steps} intervals: raise '
                      f'config.sampling.tune_fine_steps to >= {3 * (nodes - 1)} (the search needs room to choose).')
   start = Start(solver.t_start, float(positive[0]))
-  kind = cost_kind(solver, str(_setting(sampling, TUNE_COST)))
+  kind = cost_kind(solver, settings.cost)
 
   keys = sample_keys(seed, TUNE_KEY_OFFSET, num_samples)
   shape = (num_samples,) + tuple(sampler.shape[1:])
@@ -417,7 +440,7 @@ def search(sampling, sampler: Sampler, score_fn: ScoreFn, eps: float, seed: int,
     path, total = optimal_path_multistep(first, cost3, nodes - 1)
   else:
     path, total = optimal_path(first, nodes - 1)
-  rounds = int(_setting(sampling, TUNE_REFINE_ROUNDS))
+  rounds = settings.refine_rounds
   x_init = sde.edm_scale(jnp.float32(solver.t_start)) * x_t
   run = jax.jit(_run_solver)
   spec = {'method': resolved.method.name, 'num_steps': nodes, 'nfe': int(solver.static_nfe),
@@ -530,13 +553,6 @@ def summary(spec: Dict[str, Any], path: str) -> str:
            f"  use it: --config.sampling.schedule=tuned --config.sampling.schedule_path={path} "
            f"--config.sampling.num_steps={spec['num_steps']}"]
   return '\n'.join(lines)
-
-
-def _setting(sampling, name: str):
-  """config.sampling.<name>, or its declared default when the config predates the field."""
-  from pds_jax.samplers import methods
-  value = sampling.get(name)
-  return methods.declared_fields()[name].default if value is None else value
 
 
 def _output_scale(solver: SigmaGridSolver) -> jax.Array:

@@ -37,9 +37,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from pds_jax import sde_lib
 from pds_jax.samplers.dpm_solver import SOLVER_ORDER
-from pds_jax.samplers.grid import GRID_FIELDS, WeightedMultistepSolver, sigma_grid
+from pds_jax.samplers.grid import GRID_FIELDS, WeightedMultistepSolver
 from pds_jax.samplers.methods import declare_field, register_method
 
 ORDERS = (1, 2, 3)
@@ -102,12 +101,8 @@ class UniPCSolver(WeightedMultistepSolver):
   ORDERS, VARIANTS = ORDERS, VARIANTS
   ORDER_FIELD, VARIANT_FIELD = SOLVER_ORDER, UNIPC_VARIANT
 
-  def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 2, variant: str = 'bh2'):
-    super().__init__(sde, sigmas, order, variant)
-
   def weight_table(self) -> np.ndarray:
-    n, p = self.num_steps, self.order
-    real = n - int(self.sigmas[-1] == 0)  # steps to σ > 0
+    n, p, real = self.num_steps, self.order, self.real_steps
     lam = -np.log(np.where(self.sigmas > 0, self.sigmas, 1.))
     pred, corr = np.zeros((n, p + 1)), np.zeros((n, p + 1))
     for i in range(real):
@@ -131,8 +126,4 @@ class UniPCSolver(WeightedMultistepSolver):
     return state._replace(x=x, history=stack[:self.order])
 
 
-
-
-@register_method('unipc', fields=GRID_FIELDS + (SOLVER_ORDER, UNIPC_VARIANT), default_steps=10)
-def _unipc(fields, ctx):
-  return UniPCSolver(ctx.sde, sigma_grid(fields, ctx, 'unipc'), fields[SOLVER_ORDER], fields[UNIPC_VARIANT])
+register_method('unipc', fields=GRID_FIELDS + (SOLVER_ORDER, UNIPC_VARIANT), default_steps=10)(UniPCSolver.from_fields)
