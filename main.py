@@ -73,8 +73,10 @@ _MODE_FLAGS = {
 }
 
 
-# Modes that may split config.eval.batch_size over one CPU device per core (PDS_JAX_CPU_DEVICES=auto; default 1).
-_CPU_CORE_MODES = ('sample', 'compare', 'likelihood') + _EDIT_MODES
+# Modes that split their batches over one CPU device per core (PDS_JAX_CPU_DEVICES: auto, the default, or 1), and
+# the config.eval field of the batch: the sampler's, or the FID Inception network's (pds_jax.metrics.inception).
+_CPU_CORE_MODES = {**{mode: 'batch_size' for mode in ('sample', 'compare', 'likelihood') + _EDIT_MODES},
+                   'eval': 'inception_batch_size', 'fid_stats': 'inception_batch_size'}
 
 
 def _fail(message: str) -> None:
@@ -141,7 +143,7 @@ def main(argv):
     _fail(f'unexpected arguments {argv[1:]} (flags are --name=value).')
   if FLAGS.mode in _CPU_CORE_MODES:  # first: JAX's backend must not have started (pds_jax.parallel.use_cpu_cores)
     try:
-      parallel.use_cpu_cores(FLAGS.config.eval.batch_size)
+      parallel.use_cpu_cores(int(FLAGS.config.eval.get(_CPU_CORE_MODES[FLAGS.mode], 50)))
     except ValueError as e:
       _fail(str(e))
   _check_none_overrides()

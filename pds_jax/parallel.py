@@ -8,12 +8,13 @@
 - Many hosts: `initialize_distributed` starts JAX's distributed runtime; sample rounds are dealt
   round-robin (`host_rounds`), so every round is computed whole by one host and the sample set does
   not depend on the number of hosts.
-- Every core of a CPU machine (opt-in): XLA:CPU runs one program on one device on 1.2-1.4 of 2
-  cores (the deep NCSN++ forward at batch 8). With `PDS_JAX_CPU_DEVICES=auto` (or a count),
-  `use_cpu_cores` starts JAX with one host CPU device per core (`jax_num_cpu_devices`) when the batch
-  divides among them, so the mesh path above runs one slice of the batch per core. It is not the
-  default: on the shared 2-core machine of issue 23 it did not measure faster (docs/results.md,
-  "Per-step speed on the CPU: every core"). A user's `--xla_force_host_platform_device_count` is kept.
+- Every core of a CPU machine (the default on the CPU backend): XLA:CPU runs one program on one device
+  on 1.2-1.4 of 2 cores (the deep NCSN++ forward at batch 8). `use_cpu_cores` starts JAX with one host
+  CPU device per core (`jax_num_cpu_devices`; `PDS_JAX_CPU_DEVICES=auto`, the default, or a count) when
+  the batch divides among them, so the mesh path above runs one slice of the batch per core: on an idle
+  2-core machine the deep NCSN++ nf 32 PC step at batch 8 ran 2.4x faster than on one device
+  (docs/results.md, "Per-step speed on the CPU: every core"). `PDS_JAX_CPU_DEVICES=1` turns it off; a
+  user's `--xla_force_host_platform_device_count` or JAX_NUM_CPU_DEVICES is kept.
 - Reproducibility: sample i of the job uses the key fold_in(PRNGKey(seed), i) for all its noise
   (`sampling.sample_keys`), so one seed gives the same set on any device or host count. The only
   coupling between samples is the Langevin corrector's step size (a mean of norms over the round's
@@ -30,7 +31,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PARALLEL_MODES = ('sharding', 'pmap')
-CPU_DEVICES_ENV = 'PDS_JAX_CPU_DEVICES'  # unset or 1: one device (JAX's default); 'auto': one per core; or a count
+CPU_DEVICES_ENV = 'PDS_JAX_CPU_DEVICES'  # unset or 'auto': one device per core; 1: one device (JAX's default); or a count
 FORCE_DEVICES_FLAG = '--xla_force_host_platform_device_count'
 
 
@@ -73,15 +74,15 @@ def cpu_devices_wanted(batch_size: int, environ: Mapping[str, str] = os.environ,
   """The host CPU device count to start JAX with for batches of `batch_size`, or None to leave JAX as is.
 
   None when the user chose: XLA_FLAGS holds --xla_force_host_platform_device_count, or JAX_NUM_CPU_DEVICES
-  is set, or JAX_PLATFORMS names another backend first. Else PDS_JAX_CPU_DEVICES: a count (unset: 1), or
-  'auto' for `cpu_device_count(batch_size, cores)` with the cores this process may run on (taskset).
+  is set, or JAX_PLATFORMS names another backend first. Else PDS_JAX_CPU_DEVICES: a count, or 'auto' (the
+  default) for `cpu_device_count(batch_size, cores)` with the cores this process may run on (taskset).
   """
   if FORCE_DEVICES_FLAG in environ.get('XLA_FLAGS', '') or environ.get('JAX_NUM_CPU_DEVICES'):
     return None
   platforms = environ.get('JAX_PLATFORMS', '')
   if platforms and platforms.split(',')[0].strip().lower() != 'cpu':
     return None
-  value = environ.get(CPU_DEVICES_ENV, '1').strip().lower() or '1'
+  value = environ.get(CPU_DEVICES_ENV, 'auto').strip().lower() or 'auto'
   if value != 'auto':
     try:
       count = int(value)

@@ -34,6 +34,10 @@ _spec = importlib.util.spec_from_file_location('tmp_audit', AUDIT_DIR / 'tmp_aud
 tmp_audit = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tmp_audit)
 
+# The test runs of main.py sample on one CPU device: the split over the cores (pds_jax.parallel, the CLI's
+# default) compiles other programs, which cost the suite more time than they save at its tiny batches;
+# tests/test_cpu_cores.py runs the CLI with the default and with the split forced.
+os.environ.setdefault('PDS_JAX_CPU_DEVICES', '1')
 jax.config.update('jax_compilation_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.jax_cache')))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 

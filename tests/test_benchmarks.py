@@ -11,7 +11,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 SCRIPTS = ['quality_vs_steps', 'overhead', 'model_step', 'scaling', 'default_model_steps', 'init_aware_toys',
-           'init_aware_images', 'step_profile', 'compile', 'controllable']
+           'init_aware_images', 'step_profile', 'compile', 'controllable', 'inception_cores']
 
 
 @pytest.mark.parametrize('name', SCRIPTS)

@@ -19,8 +19,10 @@ def test_device_count_divides_the_batch(batch, cores, devices):
 
 
 def test_the_users_choice_is_kept():
-  assert parallel.cpu_devices_wanted(8, {}, cores=2) == 1  # the default: one device, as JAX starts
-  assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': 'auto'}, cores=2) == 2  # the opt-in
+  assert parallel.cpu_devices_wanted(8, {}, cores=2) == 2  # the default: one device per core
+  assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': 'auto'}, cores=2) == 2
+  assert parallel.cpu_devices_wanted(1, {}, cores=2) == 1  # batch 1: one device, as JAX starts
+  assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': '1'}, cores=2) == 1  # the opt-out
   assert parallel.cpu_devices_wanted(9, {'PDS_JAX_CPU_DEVICES': 'auto'}, cores=2) == 1  # no partial batches
   assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': '1'}, cores=2) == 1
   assert parallel.cpu_devices_wanted(8, {'PDS_JAX_CPU_DEVICES': '4'}, cores=2) == 4
@@ -35,9 +37,12 @@ def test_the_users_choice_is_kept():
 
 
 def _sample(workdir, cpu_devices, *extra):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(ROOT / '.jax_cache'), JAX_PLATFORMS='cpu', XLA_FLAGS='',
-             PDS_JAX_CPU_DEVICES=str(cpu_devices))
+  """main.py --mode sample with PDS_JAX_CPU_DEVICES = cpu_devices (None: unset, the default)."""
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(ROOT / '.jax_cache'), JAX_PLATFORMS='cpu', XLA_FLAGS='')
   env.pop('JAX_NUM_CPU_DEVICES', None)
+  env.pop('PDS_JAX_CPU_DEVICES', None)
+  if cpu_devices is not None:
+    env['PDS_JAX_CPU_DEVICES'] = str(cpu_devices)
   args = [sys.executable, str(ROOT / 'main.py'), f'--jax_cache={ROOT / ".jax_cache"}', *TINY_GAUSSIAN,
           '--mode=sample', f'--workdir={workdir}', '--speed_up=200', *extra]
   proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -55,12 +60,18 @@ def _sample(workdir, cpu_devices, *extra):
 @pytest.mark.slow
 def test_cli_samples_identical_with_and_without_the_cpu_core_split(tmp_path):
   """Per-sample keys: with the predictor alone every sample is computed on its own, so splitting the batch
-  over 2 CPU devices gives the same bits. (With the Langevin corrector the batch-mean norms are reduced in
-  another order across devices: float32 rounding, checked in test_parallel.)"""
+  over the CPU devices gives the same bits. (With the Langevin corrector the batch-mean norms are reduced in
+  another order across devices: float32 rounding, checked in test_parallel.) The default (unset) splits
+  the batch of 8 over one device per core; 2 devices are also forced, so a 1-core machine checks a split."""
   predictor_only = '--config.sampling.corrector=none'
   one, one_report = _sample(tmp_path / 'one', 1, predictor_only)
+  default, default_report = _sample(tmp_path / 'default', None, predictor_only)
   two, two_report = _sample(tmp_path / 'two', 2, predictor_only)
   assert one_report['settings']['devices_per_host'] == 1 and two_report['settings']['devices_per_host'] == 2
+  assert default_report['settings']['devices_per_host'] == parallel.cpu_device_count(8, len(os.sched_getaffinity(0)))
+  assert sorted(default) == sorted(one)
+  for name in one:
+    np.testing.assert_array_equal(default[name][0], one[name][0])
   assert sorted(one) == sorted(two) and len(one) == 2  # 12 samples in rounds of 8
   for name in one:
     np.testing.assert_array_equal(two[name][0], one[name][0])

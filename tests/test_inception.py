@@ -4,9 +4,15 @@ The torch model below is written from pytorch-fid's `fid_inception_v3` (torchvis
 num_classes=1008, aux_logits=False and the FIDInceptionA/C/E_1/E_2 blocks); its state_dict() is
 the names/shapes table of pt_inception-2015-12-05-6726825d.pth.
 """
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from pds_jax.metrics import inception
 
 torch = pytest.importorskip('torch')
@@ -225,3 +231,27 @@ def test_absent_weights_say_which_file_and_which_config_field(tmp_path):
   (tmp_path / 'garbage.pth').write_bytes(b'not a pickle')
   with pytest.raises(inception.InceptionWeightsError, match='garbage.pth'):
     inception.load_state_dict(str(tmp_path / 'garbage.pth'))
+
+
+@pytest.mark.slow
+def test_inception_outputs_split_over_two_cpu_devices_match_one_device(tmp_path):
+  """With one CPU device per core the batch is split over the devices (rounded up to a multiple of their
+  count): the same features as the single-device forward, to float32 rounding of the convolutions."""
+  script = textwrap.dedent('''
+      import jax, jax.numpy as jnp, numpy as np
+      from pds_jax.metrics import inception
+      assert jax.local_device_count() == 2
+      images = np.random.default_rng(0).uniform(0, 1, (5, 32, 32, 3)).astype(np.float32)
+      variables = inception.FIDInceptionV3().init(jax.random.PRNGKey(0), jnp.zeros((1, 299, 299, 3)))
+      pool, logits = inception.inception_outputs(images, variables, batch_size=3)  # batches of 4: 4 + 1 padded
+      ref = [np.asarray(a) for a in inception._forward(variables, jax.device_put(jnp.asarray(images), jax.devices()[0]))]
+      np.savez(%r, pool=pool, logits=logits, ref_pool=ref[0], ref_logits=ref[1])
+  ''' % str(tmp_path / 'out.npz'))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with np.load(tmp_path / 'out.npz') as f:
+    assert f['pool'].shape == (5, 2048) and f['logits'].shape == (5, 1008)
+    for name in ('pool', 'logits'):
+      scale = np.abs(f['ref_' + name]).max()
+      np.testing.assert_allclose(f[name], f['ref_' + name], rtol=0, atol=1e-5 * scale, err_msg=name)

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pds_jax import parallel
+
 FID_WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
@@ -286,17 +288,21 @@ def _forward(variables: Dict, images: jax.Array) -> Tuple[jax.Array, jax.Array]:
 def inception_outputs(images: np.ndarray, variables: Dict, batch_size: int = 50) -> Tuple[np.ndarray, np.ndarray]:
   """pool (N, 2048) and logits (N, 1008), float32, of images (N, H, W, C ∈ {1, 3}) in [0, 1].
 
-  Runs in batches of `batch_size` (the last one zero-padded, so one shape is compiled).
+  Runs in batches of `batch_size` (the last one zero-padded, so one shape is compiled). With several
+  local devices (one per CPU core, `pds_jax.parallel.use_cpu_cores`) the batch is rounded up to a
+  multiple of their count and split over them, so each device runs a slice of it.
   """
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f'the Inception network needs images (N, H, W, 1 or 3); got shape {images.shape}.')
-  batch_size = min(batch_size, len(images))
+  devices = jax.local_device_count()
+  batch_size = -(-min(batch_size, len(images)) // devices) * devices
+  sharding = parallel.batch_sharding() if devices > 1 else None
   pools, logits = [], []
   for start in range(0, len(images), batch_size):
     batch = np.asarray(images[start:start + batch_size], np.float32)
     count = len(batch)
     batch = np.concatenate([batch, np.zeros((batch_size - count,) + batch.shape[1:], np.float32)])
-    pool, logit = _forward(variables, jnp.asarray(batch))
+    pool, logit = _forward(variables, jnp.asarray(batch) if sharding is None else jax.device_put(batch, sharding))
     pools.append(np.asarray(pool)[:count])
     logits.append(np.asarray(logit)[:count])
   return np.concatenate(pools), np.concatenate(logits)
