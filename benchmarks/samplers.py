@@ -21,7 +21,8 @@ One target per run (each writes results/samplers_<target>.json and .png):
       The same study below 10 steps (N = 3, 5, 7, 10; α = 5, 10, 20, 50), where α = 5 diverges
       and the α(N) rule grows again (500 / N²).
 Rows (method[+pds]/init; every sampler from the same per-sample keys):
-  pc            score_sde's reverse_diffusion + langevin (snr 0.16), N steps, eps kept
+  pc            score_sde's reverse_diffusion + langevin (snr 0.16), N steps, eps kept; pc/no_corrector: without
+                the Langevin corrector
   pc+pds        the same with PDS (Gaussian: the frequency mask of 200 clipped data draws; shipped:
                 its frequency and space masks; --pds_alpha, the official variant; 'rule' is the
                 α(N) default `sampling.pds_alpha`)
@@ -32,6 +33,8 @@ Rows (method[+pds]/init; every sampler from the same per-sample keys):
   edm_stochastic  EDM's Algorithm 2 (churn + Heun) at its defaults; restart: Heun + one restart interval (defaults)
   dpm++2m_sde / dpm++3m_sde  SDE-DPM-Solver++(2M / 3M), sampling.eta at its default
   unipc2, unipc3  UniPC-2 / UniPC-3 (bh2, logsnr); ipndm: iPNDM at its defaults (order 3, logsnr); NFE = nodes
+  (no suffix)   the config's sampling.init ('auto': on the shipped VE model the ODE-like solvers start
+                from its shipped q_T at σ_T 3.5, the re-noising ones from the prior); …/prior: the prior
   …/spectral    x_T from the closed-form spectral Gaussian q_T at σ_T (--sigma_t in data units
                 [0, 1], in the model's range for VP); on the Gaussian reference this init is exact,
                 so the row measures the solver from σ_T. No learned flow is fitted here (CPU).
@@ -91,32 +94,36 @@ def dpm_fields(variant: str, order: int) -> dict:
   return {'method': 'dpm_solver', 'dpm_solver_variant': variant, 'solver_order': order}
 
 
-# Rows: name -> (config.sampling fields, the grid argument that lists its sizes, PDS, init).
+# Rows: name -> (config.sampling fields, the grid argument that lists its sizes, PDS, init: 'default' (the
+# config's sampling.init, 'auto'), 'prior' or 'spectral_gaussian' (the benchmark's fitted q_T at --sigma_t)).
 ROWS = {
-    'pc': ({'method': 'pc'}, 'pc_steps', False, 'prior'),
-    'pc+pds': ({'method': 'pc'}, 'pc_steps', True, 'prior'),
-    'ode': ({'method': 'ode'}, 'ode_tolerances', False, 'prior'),
-    'euler': ({'method': 'euler'}, 'euler_nodes', False, 'prior'),
-    'heun': ({'method': 'heun'}, 'heun_nodes', False, 'prior'),
-    'ancestral': ({'method': 'ancestral'}, 'ancestral_nodes', False, 'prior'),
-    'ancestral+pds': ({'method': 'ancestral'}, 'ancestral_nodes', True, 'prior'),
-    'dpm_solver3': (dpm_fields('dpm_solver', 3), 'dpm3_nodes', False, 'prior'),
-    'dpm++2m': (dpm_fields('dpm_solver++', 2), 'dpm_nodes', False, 'prior'),
-    'dpm++3m': (dpm_fields('dpm_solver++', 3), 'dpm_nodes', False, 'prior'),
+    'pc': ({'method': 'pc'}, 'pc_steps', False, 'default'),
+    'pc+pds': ({'method': 'pc'}, 'pc_steps', True, 'default'),
+    'pc/no_corrector': ({'method': 'pc', 'corrector': 'none'}, 'pc_steps', False, 'default'),
+    'ode': ({'method': 'ode'}, 'ode_tolerances', False, 'default'),
+    'euler': ({'method': 'euler'}, 'euler_nodes', False, 'default'),
+    'heun': ({'method': 'heun'}, 'heun_nodes', False, 'default'),
+    'ancestral': ({'method': 'ancestral'}, 'ancestral_nodes', False, 'default'),
+    'ancestral+pds': ({'method': 'ancestral'}, 'ancestral_nodes', True, 'default'),
+    'dpm_solver3': (dpm_fields('dpm_solver', 3), 'dpm3_nodes', False, 'default'),
+    'dpm++2m': (dpm_fields('dpm_solver++', 2), 'dpm_nodes', False, 'default'),
+    'dpm++3m': (dpm_fields('dpm_solver++', 3), 'dpm_nodes', False, 'default'),
     'heun/spectral': ({'method': 'heun'}, 'init_nodes', False, 'spectral_gaussian'),
     'dpm++3m/spectral': (dpm_fields('dpm_solver++', 3), 'init_nodes', False, 'spectral_gaussian'),
     'pc+pds/spectral': ({'method': 'pc'}, 'init_pc_steps', True, 'spectral_gaussian'),
-    'edm_stochastic': ({'method': 'edm_stochastic'}, 'edm_stochastic_nodes', False, 'prior'),
-    'restart': ({'method': 'restart'}, 'restart_nodes', False, 'prior'),
-    'dpm++2m_sde': (dpm_fields('dpm_solver++_sde', 2), 'dpm_sde_nodes', False, 'prior'),
-    'dpm++3m_sde': (dpm_fields('dpm_solver++_sde', 3), 'dpm_sde_nodes', False, 'prior'),
+    'edm_stochastic': ({'method': 'edm_stochastic'}, 'edm_stochastic_nodes', False, 'default'),
+    'restart': ({'method': 'restart'}, 'restart_nodes', False, 'default'),
+    'dpm++2m_sde': (dpm_fields('dpm_solver++_sde', 2), 'dpm_sde_nodes', False, 'default'),
+    'dpm++3m_sde': (dpm_fields('dpm_solver++_sde', 3), 'dpm_sde_nodes', False, 'default'),
     'edm_stochastic/spectral': ({'method': 'edm_stochastic'}, 'edm_stochastic_nodes', False, 'spectral_gaussian'),
     'restart/spectral': ({'method': 'restart'}, 'restart_nodes', False, 'spectral_gaussian'),
     'dpm++2m_sde/spectral': (dpm_fields('dpm_solver++_sde', 2), 'dpm_sde_nodes', False, 'spectral_gaussian'),
     'ancestral/spectral': ({'method': 'ancestral'}, 'ancestral_nodes', False, 'spectral_gaussian'),
-    'unipc2': ({'method': 'unipc', 'solver_order': 2}, 'fast_nodes', False, 'prior'),
-    'unipc3': ({'method': 'unipc', 'solver_order': 3}, 'fast_nodes', False, 'prior'),
-    'ipndm': ({'method': 'ipndm'}, 'fast_nodes', False, 'prior'),
+    'unipc2': ({'method': 'unipc', 'solver_order': 2}, 'fast_nodes', False, 'default'),
+    'unipc3': ({'method': 'unipc', 'solver_order': 3}, 'fast_nodes', False, 'default'),
+    'ipndm': ({'method': 'ipndm'}, 'fast_nodes', False, 'default'),
+    'edm_stochastic/prior': ({'method': 'edm_stochastic'}, 'edm_stochastic_nodes', False, 'prior'),
+    'restart/prior': ({'method': 'restart'}, 'restart_nodes', False, 'prior'),
 }
 REFERENCE_STEPS = 2000  # PC-2000: the default reference of the Gaussian targets (--reference_steps)
 
@@ -328,7 +335,9 @@ def run(args) -> dict:
       jobs.append(('pc', args.reference_steps if not args.quick else 50))
     for row, value in jobs:
       fields, _, pds, init = ROWS[row]
-      config = _row_config(target.config, fields, value, init_path if init != 'prior' else None)
+      config = _row_config(target.config, fields, value, init_path if init == 'spectral_gaussian' else None)
+      if init == 'prior':
+        config.sampling.init = 'prior'
       steps = config.sampling.num_steps or target.config.model.num_scales
       precond = _preconditioner(target.mask_stats, args.pds_alpha, steps) if pds else None
       try:

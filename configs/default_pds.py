@@ -114,7 +114,8 @@ def add_init_aware_fields(config: ml_collections.ConfigDict) -> None:
 
   config.sampling:
     init: x_T's distribution for every method — 'auto' (the default: the spectral Gaussian q_T of the
-      init folder for deterministic methods on VE models, whose trained denoisers can fail at large
+      init folder on VE models for the solvers that follow the probability-flow ODE from σ_max (the
+      deterministic ones, edm_stochastic, restart), whose trained denoisers can fail at large
       σ — docs/results.md, "Noise samples" — and the SDE's prior otherwise), 'prior' (the SDE's
       prior at T), or a q_T at σ_T fitted by --mode fit_init: 'spectral_gaussian' (closed form, zero
       training), 'flow' (learned), 'gaussian' (N(0, σ_T² I), uninformed) or 'empirical' (training

@@ -47,13 +47,14 @@ def apply_masks(masks: Masks, alpha: Optional[float], num_steps: int) -> Tuple[P
   return masks(alpha), alpha
 
 
-# Why deterministic solvers on VE models start from a fitted q_T (`sampling.init = 'auto'`).
+# Why ODE-like solvers on VE models start from a fitted q_T (`sampling.init = 'auto'`, `Solver.fitted_start`).
 VE_PRIOR_WARNING = (
-    'sampling.method %s is deterministic and samples this VE model from its prior: on the shipped model 50-53 %% '
-    "of heun's samples were pure noise, because the trained denoiser fails at large sigma (its error is 9-75x "
-    'that of a linear filter at sigma 18-50; a stochastic sampler washes that error out, an ODE solver carries it '
-    'to the end; docs/results.md, "Noise samples"). Fit an init (--mode fit_init) and sample with '
-    '--config.sampling.init=auto or spectral_gaussian, or use a stochastic method (%s).')
+    'sampling.method %s samples this VE model from its prior along the probability-flow ODE: on the shipped model '
+    "50-53 %% of heun's samples (12-16 %% of edm_stochastic's and restart's) were pure noise, because the trained "
+    'denoiser fails at large sigma (its error is 9-75x that of a linear filter at sigma 18-50; a sampler that '
+    're-noises every step washes that error out, an ODE solver carries it to the end; docs/results.md, "Noise '
+    'samples"). Fit an init (--mode fit_init) and sample with --config.sampling.init=auto or spectral_gaussian, '
+    'or use %s, or dpm_solver with dpm_solver_variant=dpm_solver++_sde.')
 
 
 _WARNED = set()
@@ -118,8 +119,9 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
                 (init_rho) from σ_T to init_sigma_min, init from sampling.init.
   and every method registered in `pds_jax.samplers` since (`methods.method_names()`).
   sampling.init: 'prior' (the SDE's prior at T), or a q_T fitted by --mode fit_init, given as
-  init=(q_T, σ_T); 'auto' (the default): the given q_T for deterministic methods on VE models, the
-  prior otherwise (with a warning when a deterministic method starts a VE model from its prior).
+  init=(q_T, σ_T); 'auto' (the default): on VE models the given q_T for the solvers that follow the
+  probability-flow ODE from σ_max (`Solver.fitted_start`: the deterministic ones, edm_stochastic, restart),
+  the prior otherwise (with a warning when such a solver starts a VE model from its prior).
   preconditioner: PDS masks (`Masks`): α(N) is computed here, once, from the built method's N
   unless sampling.alpha is set. PDS applies to the methods registered with pds=True
   (`methods.pds_methods()`) and is refused elsewhere.
@@ -130,14 +132,14 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
   s = config.sampling
   resolved = methods.resolve(s)
   solver = resolved.build(sde, eps, Start(sde.T, float(sde.edm_sigma(np.float64(sde.T)))))  # from the prior
-  if resolved.init == methods.AUTO and (solver.stochastic or not isinstance(sde, sde_lib.VESDE)):
-    init = None  # 'auto': the prior for stochastic methods and VP / sub-VP models
+  if resolved.init == methods.AUTO and (not solver.fitted_start or not isinstance(sde, sde_lib.VESDE)):
+    init = None  # 'auto': the prior for the re-noising methods and VP / sub-VP models
   q_t, start = _start(resolved, sde, init)
   if q_t is not None:
     solver = resolved.build(sde, eps, start)
-  elif isinstance(sde, sde_lib.VESDE) and not solver.stochastic and resolved.method.name not in _WARNED:
+  elif isinstance(sde, sde_lib.VESDE) and solver.fitted_start and resolved.method.name not in _WARNED:
     _WARNED.add(resolved.method.name)  # once per method and process
-    logging.warning(VE_PRIOR_WARNING, resolved.method.name, ', '.join(methods.stochastic_methods()))
+    logging.warning(VE_PRIOR_WARNING, resolved.method.name, ' or '.join(methods.prior_start_methods()))
   solver = solver.with_axis_name(axis_name)
   preconditioner, alpha = apply_masks(preconditioner, s.get('alpha'), solver.num_steps)
   solver.check_preconditioner(preconditioner)

@@ -92,7 +92,7 @@ def load_init(config, workdir: Optional[str], shape) -> sampling.Init:
   """(q_T, σ_T) of config.sampling.init from `store.init_folder(config, workdir)`, or None for the prior.
 
   init 'auto': the spectral Gaussian q_T when the folder holds one (`get_sampling_fn` uses it for
-  deterministic methods on VE models), else None.
+  the ODE-like solvers on VE models, `Solver.fitted_start`), else None.
   """
   kind = methods.resolve(config.sampling).init
   if kind == methods.PRIOR:

@@ -172,15 +172,15 @@ def test_config_masks_are_dropped_for_a_method_without_pds_and_flag_masks_are_re
   assert refused.returncode == 2 and "'heun' is a deterministic ODE solver" in refused.stderr
 
 
-def test_auto_init_starts_deterministic_ve_solvers_from_the_fitted_q_t(tmp_path, caplog):
+def test_auto_init_starts_ode_like_ve_solvers_from_the_fitted_q_t(tmp_path, caplog):
   from pds_jax import sampling_run
   from pds_jax.init_aware import inits, store
   images = np.asarray(gaussian.GaussianReference.power_law((8, 8, 3)).sample(jax.random.PRNGKey(0), 64))
   store.save_init(str(tmp_path / 'init'), 'spectral_gaussian', inits.SpectralGaussianInit.from_images(images, 2.),
                   2., (8, 8, 3), {})
 
-  def build(method, sde_name='vesde', workdir=tmp_path):
-    config = _config(method=method, num_steps=4)
+  def build(method, sde_name='vesde', workdir=tmp_path, **fields):
+    config = _config(method=method, num_steps=4, **fields)
     config.training.sde = sde_name
     sde, eps = sde_lib.get_sde(config)
     init = sampling_run.load_init(config, str(workdir), (2, 8, 8, 3))
@@ -188,10 +188,15 @@ def test_auto_init_starts_deterministic_ve_solvers_from_the_fitted_q_t(tmp_path,
 
   assert build('heun')['init'] == 'spectral_gaussian' and build('heun')['sigma_t'] == 2.
   assert build('dpm_solver')['init_rule'] == 'auto' and build('dpm_solver')['sigma_t'] == 2.
-  assert build('pc')['init'] == 'prior' and build('ancestral')['init'] == 'prior'  # stochastic: the prior
+  assert build('pc')['init'] == 'prior' and build('ancestral')['init'] == 'prior'  # re-noising: the prior
+  sde_variant = build('dpm_solver', dpm_solver_variant='dpm_solver++_sde')
+  assert sde_variant['init'] == 'prior'
+  for ode_like in ('edm_stochastic', 'restart'):  # noise samples from the prior (docs/results.md)
+    assert build(ode_like)['init'] == 'spectral_gaussian', ode_like
   assert build('heun', 'vpsde')['init'] == 'prior'
   sampling._WARNED.discard('euler')
   with caplog.at_level('WARNING'):
     assert build('euler', workdir=tmp_path / 'none')['init'] == 'prior'
     assert build('euler', workdir=tmp_path / 'none')['init'] == 'prior'
-  assert caplog.text.count('deterministic and samples this VE model from its prior') == 1  # once per method
+  assert caplog.text.count('samples this VE model from its prior along the probability-flow ODE') == 1  # once
+  assert 'use ancestral or pc, or dpm_solver with dpm_solver_variant=dpm_solver++_sde' in caplog.text

@@ -100,6 +100,9 @@ class Solver(eqx.Module):
   Class attributes:
     name: the method's name in messages.
     stochastic: whether steps draw noise after x_T (then the state carries the rng).
+    fitted_start: whether `sampling.init = 'auto'` starts it on a VE model from the fitted q_T when
+      there is one (default: the deterministic solvers; also the EDM-stochastic and Restart solvers,
+      whose path from σ_max runs mostly on the probability-flow ODE: docs/results.md, "Noise samples").
     preconditioned_by_pds: whether PDS's M is defined for this method (else a non-identity
       preconditioner is refused by `check_preconditioner`).
     precondition_prior: whether a prior draw is multiplied by M (the official PDS prior M ξ σ_max).
@@ -112,6 +115,10 @@ class Solver(eqx.Module):
   stochastic = False
   preconditioned_by_pds = False
   precondition_prior = True
+
+  @property
+  def fitted_start(self) -> bool:
+    return not self.stochastic
 
   def __init__(self, sde: sde_lib.SDE, t_start: float, axis_name: Optional[str] = None):
     self.sde, self.t_start, self.axis_name = sde, float(t_start), axis_name

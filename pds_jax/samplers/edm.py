@@ -72,6 +72,6 @@ def _heun(fields, ctx):
   return HeunSolver(ctx.sde, sigma_grid(fields, ctx, 'heun'))
 
 
-@register_method('ancestral', fields=GRID_FIELDS, default_steps=35, pds=True, stochastic=True)
+@register_method('ancestral', fields=GRID_FIELDS, default_steps=35, pds=True, prior_start=True)
 def _ancestral(fields, ctx):
   return AncestralSolver(ctx.sde, sigma_grid(fields, ctx, 'ancestral'))

@@ -20,7 +20,7 @@ from pds_jax.samplers.driver import Solver
 
 INIT_AWARE = 'init_aware'  # the alias of the earlier init-aware sampler (sampling.init_sampler …)
 PRIOR = 'prior'
-AUTO = 'auto'  # sampling.init's default: a fitted q_T for deterministic methods on VE models, else the prior
+AUTO = 'auto'  # sampling.init's default: a fitted q_T for the ODE-like solvers on VE models (Solver.fitted_start), else the prior
 INIT_AWARE_DEFAULT = 'spectral_gaussian'  # what the alias samples from when sampling.init is 'prior'
 
 
@@ -39,7 +39,7 @@ class Method:
   fields: Tuple[str, ...]
   default_steps: Optional[int]
   pds: bool  # whether PDS's preconditioner is defined for the method (else masks are refused)
-  stochastic: bool  # whether its steps inject noise (with its default settings)
+  prior_start: bool  # whether its default solver starts VE models from the prior under sampling.init = 'auto'
 
 
 class Start(NamedTuple):
@@ -110,20 +110,21 @@ def declare_field(name: str, default: Any, kind: type, doc: str) -> str:
 
 
 def register_method(name: str, *, fields: Tuple[str, ...] = (), default_steps: Optional[int] = None,
-                    pds: bool = False, stochastic: bool = False):
+                    pds: bool = False, prior_start: bool = False):
   """Registers `build(fields, context) -> Solver` as `config.sampling.method = name`.
 
   fields: the `config.sampling` fields the method reads (declared with `declare_field`, or
   score_sde's own, which every config sets); default_steps: its steps when sampling.num_steps
   is unset (None: the method sets its steps otherwise); pds: whether its solvers define PDS
-  (`Solver.preconditioned_by_pds`); stochastic: whether its steps inject noise with its default
-  settings (`Solver.stochastic`; listed in messages that recommend a stochastic method).
+  (`Solver.preconditioned_by_pds`); prior_start: whether its default solver starts a VE model from the
+  prior under sampling.init = 'auto' (`not Solver.fitted_start`; named in messages that recommend a method
+  for a VE model without a fitted q_T).
   """
 
   def register(build: Callable) -> Callable:
     if name in _METHODS:
       raise ValueError(f'sampling method {name!r} is already registered.')
-    _METHODS[name] = Method(name, build, tuple(fields), default_steps, pds, stochastic)
+    _METHODS[name] = Method(name, build, tuple(fields), default_steps, pds, prior_start)
     return build
 
   return register
@@ -144,9 +145,10 @@ def pds_methods() -> Tuple[str, ...]:
   return tuple(name for name in sorted(_METHODS) if _METHODS[name].pds)
 
 
-def stochastic_methods() -> Tuple[str, ...]:
-  """The methods whose steps inject noise."""
-  return tuple(name for name in sorted(_METHODS) if _METHODS[name].stochastic)
+def prior_start_methods() -> Tuple[str, ...]:
+  """The methods that sample VE models from the prior with their defaults (their noise washes out the
+  trained denoiser's error at large σ; named in messages about a VE model without a fitted q_T)."""
+  return tuple(name for name in sorted(_METHODS) if _METHODS[name].prior_start)
 
 
 def declared_fields() -> Dict[str, Field]:

@@ -453,7 +453,7 @@ PC_FIELDS = ('predictor', 'corrector', 'snr', 'n_steps_each', 'probability_flow'
              'num_steps', 'speed_up')
 
 
-@register_method('pc', fields=PC_FIELDS, pds=True, stochastic=True)
+@register_method('pc', fields=PC_FIELDS, pds=True, prior_start=True)
 def _pc(fields: Mapping, ctx: Context) -> PCSolver:
   """score_sde's PC method: N = sampling.num_steps with score_sde's eps, or PDS's speed_up k (N =
   int(num_scales / k), eps · k; from an init, the same spacing in t)."""

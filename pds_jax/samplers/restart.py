@@ -85,7 +85,7 @@ class RestartSolver(NoiseHeunSolver):
 
 
 @register_method('restart', fields=GRID_FIELDS + (RESTART_TMIN, RESTART_TMAX, RESTART_K, RESTART_STEPS),
-                 default_steps=16, stochastic=True)  # NFE 2·16 - 1 + 2·2·2 = 39
+                 default_steps=16)  # NFE 2·16 - 1 + 2·2·2 = 39
 def _restart(fields, ctx):
   sigmas = sigma_grid(fields, ctx, 'restart')
   t_min, t_max = float(fields[RESTART_TMIN]), float(fields[RESTART_TMAX])
