@@ -18,7 +18,7 @@ k NFE per step; DPM-Solver-1 is DDIM = Euler in σ.
 PDS on its Langevin part (the class docstring derives why that keeps the law). η = 1 and order 2 by measurement
 on the shipped VE model (64 samples, seed 9, 20 NFE, benchmarks/stochastic_defaults.py): SWD 55.6 (2M, η 1) against
 70.5 (2M, η 0.5) and 80.0 (3M, η 1), PC-200's 62.7 at 400 NFE, and no noise samples; at 200 samples 2M η 1 gives
-SWD 44.9 / FD 11.7 at 20 NFE against PC-200's 30.6 / 10.7 (benchmarks/results/stochastic_shipped200.json).
+SWD 41.8 / FD 12.0 at 20 NFE against PC-200's 30.6 / 10.7 (benchmarks/results/samplers_shipped200.json).
 A final step to σ = 0 is the denoising step D(x̃, σ_min) (1 NFE), as for every σ-grid method: it is
 first order itself, so the official `lower_order_final` (lower orders on the last steps of runs of
 fewer than 10 steps) is off by default here, and when set it counts that step as the last one, so
