@@ -43,6 +43,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument('--nodes', default=None, help='node counts for every row (default per row: dpm++2m 6,10; heun 3,5)')
   p.add_argument('--num_samples', type=int, default=None, help='held-out samples (default 256 Gaussian, 64 shipped)')
   p.add_argument('--seed', type=int, default=7, help='held-out seed (the tuning uses config.seed, indices 2^30 + s)')
+  p.add_argument('--tune_num_samples', type=int, default=None,
+                 help='teacher trajectories of the search (config.sampling.tune_num_samples; default its 8)')
   p.add_argument('--out_dir', default=None)
   p.add_argument('--quick', action='store_true', help='16² Gaussian, 16 samples, a small search (smoke setting)')
   return p.parse_args(argv)
@@ -50,7 +52,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def run(args, partial=lambda payload: None) -> dict:
   from benchmarks.samplers import Target, _row_config
-  from pds_jax import sampling
+  from pds_jax import sampling, sampling_run
   from pds_jax.samplers import tune
   target_args = argparse.Namespace(quick=args.quick, num_samples=args.num_samples or (64 if args.target == 'shipped'
                                                                                        else 256), seed=args.seed)
@@ -62,10 +64,14 @@ def run(args, partial=lambda payload: None) -> dict:
     fields, default_nodes = ROWS[row]
     for nodes in common.int_list(args.nodes or default_nodes):
       config = _row_config(target.config, fields, nodes, None)
+      if args.tune_num_samples:
+        config.sampling.tune_num_samples = args.tune_num_samples
       if args.quick:
         config.sampling.tune_fine_steps, config.sampling.tune_teacher_steps = 24, 96
         config.sampling.tune_num_samples = 4
-      fn = sampling.get_sampling_fn(config, target.sde, (1,) + target.image_shape, lambda x: x, target.eps)
+      shape = (1,) + target.image_shape  # the search starts where the run does (its init: 'auto' = the q_T on VE)
+      fn = sampling.get_sampling_fn(config, target.sde, shape, lambda x: x, target.eps,
+                                    init=sampling_run.load_init(config, None, shape))
       start = time.time()
       spec = tune.search(config.sampling, fn.sampler, target.score_fn, target.eps, int(config.seed), progress=False)
       tune_seconds = time.time() - start

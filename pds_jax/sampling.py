@@ -7,6 +7,7 @@ and runs it under the one driver (`samplers.driver.Sampler`), with PDS where the
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -75,6 +76,14 @@ def _start(resolved: methods.Resolved, sde: sde_lib.SDE, init: Init) -> Tuple[ob
   return q_t, Start(min(float(sde.edm_time(np.float64(sigma_t))), sde.T), float(sigma_t))
 
 
+def _fitted_start(resolved: methods.Resolved, sde: sde_lib.SDE, eps: float) -> bool:
+  """`Solver.fitted_start` of the configured solver, from a probe built at the prior (a tuned schedule, made for
+  the run's own start, is not read for it)."""
+  if resolved.fields.get('schedule') == 'tuned':
+    resolved = dataclasses.replace(resolved, fields={**resolved.fields, 'schedule': None})
+  return resolved.build(sde, eps, Start(sde.T, float(sde.edm_sigma(np.float64(sde.T))))).fitted_start
+
+
 class SamplingFn:
   """What `get_sampling_fn` returns: fn(rng, score_fn, progress=False, callback=None) -> (samples, nfe).
 
@@ -131,13 +140,11 @@ def get_sampling_fn(config, sde: sde_lib.SDE, shape, inverse_scaler: Callable, e
   """
   s = config.sampling
   resolved = methods.resolve(s)
-  solver = resolved.build(sde, eps, Start(sde.T, float(sde.edm_sigma(np.float64(sde.T)))))  # from the prior
-  if resolved.init == methods.AUTO and (not solver.fitted_start or not isinstance(sde, sde_lib.VESDE)):
+  if resolved.init == methods.AUTO and (not isinstance(sde, sde_lib.VESDE) or not _fitted_start(resolved, sde, eps)):
     init = None  # 'auto': the prior for the re-noising methods and VP / sub-VP models
   q_t, start = _start(resolved, sde, init)
-  if q_t is not None:
-    solver = resolved.build(sde, eps, start)
-  elif isinstance(sde, sde_lib.VESDE) and solver.fitted_start and resolved.method.name not in _WARNED:
+  solver = resolved.build(sde, eps, start)
+  if q_t is None and isinstance(sde, sde_lib.VESDE) and solver.fitted_start and resolved.method.name not in _WARNED:
     _WARNED.add(resolved.method.name)  # once per method and process
     logging.warning(VE_PRIOR_WARNING, resolved.method.name, ' or '.join(methods.prior_start_methods()))
   solver = solver.with_axis_name(axis_name)

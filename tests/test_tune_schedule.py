@@ -145,6 +145,28 @@ def test_mismatched_schedule_files_name_the_file(tmp_path):
     build()
 
 
+def test_a_schedule_tuned_from_a_fitted_init_is_read_under_the_auto_init(tmp_path):
+  """On a VE model 'auto' starts the ODE solvers from the fitted q_T at σ_T, and the search tunes from there:
+  the file's first node is σ_T, not σ_max, and sampling with it must accept it (the 'auto' decision itself
+  must not read the tuned file at σ_max)."""
+  from pds_jax.init_aware import inits
+  config, sde, eps, _ = _gaussian()
+  images = np.asarray(gaussian.GaussianReference.power_law((8, 8, 3)).sample(jax.random.PRNGKey(0), 64))
+  init = (inits.SpectralGaussianInit.from_images(images, 2.), 2.)
+  path = tmp_path / 'dpm_solver_5.json'
+  path.write_text(json.dumps({'method': 'dpm_solver', 'nfe': 5, 'sigmas': [2., 0.5, 0.1, 0.03, 0.01, 0.]}))
+  s = config.sampling
+  s.method, s.num_steps, s.schedule, s.schedule_path = 'dpm_solver', 5, 'tuned', str(path)
+  for kind in ('auto', 'spectral_gaussian'):
+    s.init = kind
+    fn = sampling.get_sampling_fn(config, sde, (1, 8, 8, 3), lambda x: x, eps, init=init)
+    assert fn.settings['sigma_t'] == 2. and fn.settings['schedule'] == 'tuned', kind
+    np.testing.assert_allclose(fn.sampler.solver.sigmas, [2., 0.5, 0.1, 0.03, 0.01, 0.])
+  s.init = 'prior'  # from σ_max the file does not fit: named
+  with pytest.raises(ValueError, match='the schedule starts at sigma 2'):
+    sampling.get_sampling_fn(config, sde, (1, 8, 8, 3), lambda x: x, eps, init=init)
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 
