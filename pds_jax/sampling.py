@@ -51,7 +51,7 @@ def apply_masks(masks: Masks, alpha: Optional[float], num_steps: int) -> Tuple[P
 # Why ODE-like solvers on VE models start from a fitted q_T (`sampling.init = 'auto'`, `Solver.fitted_start`).
 VE_PRIOR_WARNING = (
     'sampling.method %s samples this VE model from its prior along the probability-flow ODE: on the shipped model '
-    "50-53 %% of heun's samples (12-16 %% of edm_stochastic's and restart's) were pure noise, because the trained "
+    "50-53 %% of heun's samples (12-17 %% of edm_stochastic's and restart's) were pure noise, because the trained "
     'denoiser fails at large sigma (its error is 9-75x that of a linear filter at sigma 18-50; a sampler that '
     're-noises every step washes that error out, an ODE solver carries it to the end; docs/results.md, "Noise '
     'samples"). Fit an init (--mode fit_init) and sample with --config.sampling.init=auto or spectral_gaussian, '
