@@ -143,7 +143,12 @@ def main(argv):
     _fail(f'unexpected arguments {argv[1:]} (flags are --name=value).')
   if FLAGS.mode in _CPU_CORE_MODES:  # first: JAX's backend must not have started (pds_jax.parallel.use_cpu_cores)
     try:
-      parallel.use_cpu_cores(int(FLAGS.config.eval.get(_CPU_CORE_MODES[FLAGS.mode], 50)))
+      field = _CPU_CORE_MODES[FLAGS.mode]
+      batch = FLAGS.config.eval.get(field)
+      if batch is None:  # a config that predates the field: the metrics' own default Inception batch
+        from pds_jax import evaluation
+        batch = evaluation.MetricSettings._field_defaults[field]
+      parallel.use_cpu_cores(int(batch))
     except ValueError as e:
       _fail(str(e))
   _check_none_overrides()
