@@ -115,6 +115,9 @@ ROWS = {
     'restart': ({'method': 'restart'}, 'restart_nodes', False, 'default'),
     'dpm++2m_sde': (dpm_fields('dpm_solver++_sde', 2), 'dpm_sde_nodes', False, 'default'),
     'dpm++3m_sde': (dpm_fields('dpm_solver++_sde', 3), 'dpm_sde_nodes', False, 'default'),
+    # the few-step PC of docs/results.md: score_sde's Langevin corrector at the Karras nodes σ_i <= 10
+    'dpm++2m_sde+langevin': ({**dpm_fields('dpm_solver++_sde', 2), 'schedule': 'karras', 'langevin_steps': 1,
+                              'langevin_sigma_max': 10.}, 'dpm_sde_nodes', False, 'default'),
     'edm_stochastic/spectral': ({'method': 'edm_stochastic'}, 'edm_stochastic_nodes', False, 'spectral_gaussian'),
     'restart/spectral': ({'method': 'restart'}, 'restart_nodes', False, 'spectral_gaussian'),
     'dpm++2m_sde/spectral': (dpm_fields('dpm_solver++_sde', 2), 'dpm_sde_nodes', False, 'spectral_gaussian'),

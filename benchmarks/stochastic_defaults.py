@@ -8,7 +8,9 @@ fraction of noise samples: high-pass energy (Fourier radius > size / 4) above 5 
 2000 reference patches'. Writes results/stochastic_defaults.json.
 
   python -m benchmarks.stochastic_defaults --num_samples 64 --sweep edm_stochastic
-  python -m benchmarks.stochastic_defaults --num_samples 200 --sweep final
+  python -m benchmarks.stochastic_defaults --num_samples 200 --sweep dpm_sde
+  for s in 9 1 2; do python -m benchmarks.stochastic_defaults --num_samples 200 --sweep langevin --seed $s \
+    --out benchmarks/results/few_step_pc.json; done    # and --sweep langevin_variants --out ..._variants.json
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import numpy as np
 from benchmarks import samplers as bench
 from pds_jax import sampling
 
+_SDE = {'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++_sde'}
 SWEEPS = {  # what results/stochastic_defaults.json holds (64 samples, seed 9); PC-200 is its samplers.py row
     'edm_stochastic': [({'method': 'edm_stochastic', 's_churn': c, 's_tmin': 0.05, 's_tmax': 50., 's_noise': sn}, n)
                        for c, sn, n in ((0., 1., 11), (40., 1.003, 11), (80., 1.003, 11), (40., 1.003, 18))],
@@ -29,6 +32,20 @@ SWEEPS = {  # what results/stochastic_defaults.json holds (64 samples, seed 9); 
                  11) for tmin, tmax in ((0.03, 0.3), (0.5, 5.))],
     'dpm_sde': [({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++_sde', 'solver_order': o, 'eta': eta}, 20)
                 for o, eta in ((2, 1.), (2, 0.5), (3, 1.))],
+    # the few-step PC (results/few_step_pc.json, 200 samples, seeds 9, 1, 2): DPM-Solver++(2M) SDE on Karras nodes
+    # with score_sde's Langevin corrector at the nodes σ <= 10, against PC-200 from the same keys
+    'langevin': [({**_SDE, 'schedule': 'karras', 'langevin_steps': 1, 'langevin_sigma_max': 10.}, n)
+                 for n in (16, 20, 22)] + [({'method': 'pc'}, 200)],
+    # how its settings were chosen (results/few_step_pc_variants.json, the same seeds): where the corrector runs,
+    # snr, two steps per node, the grid, the predictor
+    'langevin_variants': [({**_SDE, 'schedule': grid, 'langevin_steps': k, 'langevin_sigma_max': top, 'snr': snr}, n)
+                          for grid, n, top, k, snr in (('karras', 20, None, 1, .16), ('karras', 20, 20., 1, .16),
+                                                       ('karras', 20, 5., 1, .16), ('karras', 20, 10., 1, .22),
+                                                       ('karras', 24, 5., 1, .16), ('karras', 16, 10., 2, .16),
+                                                       ('karras', 26, 2., 1, .16), ('logsnr', 20, 10., 1, .16),
+                                                       ('karras', 22, 20., 1, .16), ('karras', 20, 10., 0, .16))]
+                         + [({'method': 'ancestral', 'schedule': 'karras', 'langevin_steps': 1,
+                              'langevin_sigma_max': 10.}, 20)],
 }
 
 

@@ -146,6 +146,69 @@ def test_dpm_solver_pp_2m_sde_is_k_diffusions_sample_dpmpp_2m_sde(eta):
   np.testing.assert_allclose(out, x, rtol=0, atol=5e-5)
 
 
+def _score_sde_langevin(x, t, key, snr, n_steps):
+  """score_sde's `LangevinCorrector.update_fn` (VE: α = 1), transcribed: batch-mean norms, n_steps steps."""
+  for _ in range(n_steps):
+    key, step_key = sampling.split(key)
+    grad = REF.score_fn(VE)(x, jnp.full(x.shape[:1], t))
+    noise = sampling.normal(step_key, x.shape)
+    grad_norm = jnp.linalg.norm(grad.reshape((x.shape[0], -1)), axis=-1).mean()
+    noise_norm = jnp.linalg.norm(noise.reshape((x.shape[0], -1)), axis=-1).mean()
+    step = (snr * noise_norm / grad_norm) ** 2 * 2
+    x = x + step * grad + jnp.sqrt(2 * step) * noise
+  return x
+
+
+def test_langevin_steps_on_the_grid_are_score_sde_pc_with_a_dpm_solver_pp_2m_sde_predictor():
+  """PC's order at each node σ_i <= langevin_sigma_max: score_sde's Langevin corrector at t(σ_i), then the
+  k-diffusion 2M SDE step; the driver's noise stream (one key for the corrector, then one for the step)."""
+  x_t, keys = _x_t(3.), sampling.sample_keys(3, 0, 8)
+  snr, n_steps, sigma_max = 0.16, 2, 1.
+  levels = (SIGMAS[:-1] <= sigma_max)
+  langevin = grid.GridLangevin(levels, snr, n_steps)
+  out, nfe = _run(dpm_solver.DPMSolverPPSDE(VE, SIGMAS, 2, 1., langevin=langevin), x_t, keys)
+  model, noise, x = _Counted(), _noises(keys), x_t
+  old_denoised = h_last = None
+  for i in range(len(SIGMAS) - 1):
+    if levels[i]:
+      x = _score_sde_langevin(x, VE.edm_time(jnp.float32(SIGMAS[i])), next(noise), snr, n_steps)
+    denoised = model(x, SIGMAS[i])
+    z = sampling.normal(next(noise), x.shape)
+    if SIGMAS[i + 1] == 0:
+      x = denoised
+      continue
+    h = np.log(SIGMAS[i] / SIGMAS[i + 1])
+    x = np.float32(SIGMAS[i + 1] / SIGMAS[i] * np.exp(-h)) * x + np.float32(-np.expm1(-2 * h)) * denoised
+    if old_denoised is not None:
+      x = x + np.float32(0.5 * -np.expm1(-2 * h) * h / h_last) * (denoised - old_denoised)
+    x = x + z * np.float32(SIGMAS[i + 1] * np.sqrt(-np.expm1(-2 * h)))
+    h_last, old_denoised = h, denoised
+  assert 0 < levels.sum() < len(levels) and nfe == model.calls + n_steps * levels.sum() == 8 + 2 * levels.sum()
+  np.testing.assert_allclose(out, x, rtol=0, atol=5e-5)
+  plain, _ = _run(dpm_solver.DPMSolverPPSDE(VE, SIGMAS, 2, 1.), x_t, keys)
+  assert float(jnp.max(jnp.abs(out - plain))) > 1e-2  # the corrector mattered
+
+
+@pytest.mark.parametrize('sde', [VE, sde_lib.VPSDE(0.1, 20.)], ids=['ve', 'vp'])
+def test_the_grid_langevin_corrector_keeps_the_noised_law_at_its_node(sde):
+  """From exact draws of p_σ (x̃ ~ N(μ, Σ + σ² I)), 40 corrector steps at node σ keep every mode's variance (the
+  VP model variable x = m x̃ included); at node 2σ they move it towards p_2σ, which the bounds see."""
+  sigma, n = 1., N_DRAWS
+  x_t = _x_t(sigma, n=n, seed=7)
+  solver = edm.EulerSolver(sde, [sigma, 0.])  # the corrector reads only its SDE and device axis
+  corrector = grid.GridLangevin([True], 0.16, 40)
+  state = grid.GridState(x=x_t, rng=jax.random.PRNGKey(8))
+
+  def run(at):
+    return jax.jit(lambda s: corrector.correct(solver, REF.score_fn(sde), Preconditioner(), s, 0, jnp.float32(at)))(
+        state).x
+
+  want = LAM + sigma ** 2
+  _check_variances(run(sigma), want, n)  # ULA's bias at snr 0.16 is ~snr² = 2.6 %, inside the bounds
+  moved = np.asarray(gaussian.fourier_variances(run(2 * sigma), REF.mean)) / want - 1
+  assert moved.mean() > 6 * np.sqrt(2. / n), moved
+
+
 # ----------------------------------------------------------------------------- special cases
 
 
@@ -349,15 +412,20 @@ def _build(method, **fields):
 
 
 _METHODS = {'edm_stochastic': ({'num_steps': 6}, 11), 'restart': ({'num_steps': 6}, 11 + 8),
-            'dpm_solver': ({'num_steps': 6, 'dpm_solver_variant': 'dpm_solver++_sde', 'solver_order': 3}, 6)}
+            'dpm_solver': ({'num_steps': 6, 'dpm_solver_variant': 'dpm_solver++_sde', 'solver_order': 3}, 6),
+            # 6 nodes of Karras ρ 7 from 50 to 0.01: 50, 17.3, 4.94, 1.07, 0.15, 0.01; Langevin on the last 4, twice
+            'dpm_solver+langevin': ({'num_steps': 6, 'dpm_solver_variant': 'dpm_solver++_sde', 'langevin_steps': 2,
+                                     'langevin_sigma_max': 5., 'schedule': 'karras'}, 6 + 2 * 4),
+            'ancestral+langevin': ({'num_steps': 6, 'langevin_steps': 1}, 6 + 6)}
 
 
 @pytest.mark.parametrize('method', sorted(_METHODS))
 def test_get_sampling_fn_builds_the_method_from_its_fields_with_exact_nfe(method):
   fields, nfe = _METHODS[method]
-  fn = _build(method, **fields)
+  fn = _build(method.split('+')[0], **fields)
   samples, got = fn(sampling.sample_keys(0, 0, 4), lambda x, t: -x)
   assert got == nfe == fn.nfe and np.all(np.isfinite(samples))
+  assert fn.settings.get('langevin_nodes') == ((nfe - 6) // fields['langevin_steps'] if 'langevin' in method else None)
 
 
 @pytest.mark.parametrize('method, fields, message', [
@@ -368,6 +436,10 @@ def test_get_sampling_fn_builds_the_method_from_its_fields_with_exact_nfe(method
     ('restart', {'restart_k': -1}, 'sampling.restart_k = -1 must be an integer >= 0'),
     ('dpm_solver', {'dpm_solver_variant': 'dpm_solver++_sde', 'eta': -0.5}, 'sampling.eta = -0.5 must be >= 0'),
     ('dpm_solver', {'dpm_solver_variant': 'dpm++sde'}, "dpm_solver_variant = 'dpm\\+\\+sde'; choose one of"),
+    ('dpm_solver', {'langevin_steps': 1}, "langevin_steps = 1 needs the stochastic dpm_solver_variant 'dpm_solver\\+\\+_sde'"),
+    ('ancestral', {'langevin_steps': -1}, 'sampling.langevin_steps = -1 must be an integer >= 0'),
+    ('ancestral', {'langevin_steps': 1, 'snr': 0.}, 'need sampling.snr > 0'),
+    ('ancestral', {'langevin_steps': 1, 'langevin_sigma_max': 1e-3}, 'langevin_sigma_max = 0.001 is below every node'),
 ])
 def test_bad_fields_are_refused_naming_the_field(method, fields, message):
   with pytest.raises(ValueError, match=message):
@@ -377,13 +449,16 @@ def test_bad_fields_are_refused_naming_the_field(method, fields, message):
 @pytest.mark.slow
 def test_the_stochastic_samplers_give_the_same_samples_on_one_and_four_devices(tmp_path):
   nfe = same_samples_on_devices(tmp_path, 'test_stochastic_samplers', 'device_cases')
-  assert set(nfe) == {'edm_stochastic', 'restart', 'dpm_solver++_sde'}
+  assert set(nfe) == {'edm_stochastic', 'restart', 'dpm_solver++_sde', 'dpm_solver++_sde+langevin'}
 
 
 def device_cases():
   sigmas = grid.karras_sigmas(50., 2e-3, 8, 7.)  # from the prior at σ(T) = 50; 8 steps, as many as samples
   solvers = {'edm_stochastic': _edm(sigmas), 'restart': _restart(sigmas, j=5, t_max=1.),
-             'dpm_solver++_sde': dpm_solver.DPMSolverPPSDE(VE, sigmas, 3, 1.)}
+             'dpm_solver++_sde': dpm_solver.DPMSolverPPSDE(VE, sigmas, 3, 1.),
+             # the corrector's batch-mean norms are means over every device's samples (pmean)
+             'dpm_solver++_sde+langevin': dpm_solver.DPMSolverPPSDE(
+                 VE, sigmas, 2, 1., langevin=grid.GridLangevin(sigmas[:-1] < 5., 0.16, 1))}
   return {name: (solver, REF.score_fn(VE), SHAPE) for name, solver in solvers.items()}
 
 

@@ -19,6 +19,9 @@ PDS on its Langevin part (the class docstring derives why that keeps the law). �
 on the shipped VE model (64 samples, seed 9, 20 NFE, benchmarks/stochastic_defaults.py): SWD 55.6 (2M, η 1) against
 70.5 (2M, η 0.5) and 80.0 (3M, η 1), PC-200's 62.7 at 400 NFE, and no noise samples; at 200 samples 2M η 1 gives
 SWD 41.8 / FD 12.0 at 20 NFE against PC-200's 30.6 / 10.7 (benchmarks/results/samplers_shipped200.json).
+With `sampling.langevin_steps` (`grid.GridLangevin`, docs/method.md §14) score_sde's Langevin corrector runs
+before the steps from the nodes σ_i <= `langevin_sigma_max`: a few-step PC with this predictor, the sampler that
+reaches PC-200's quality on the shipped model in 34 NFE (docs/results.md, "A few-step PC").
 A final step to σ = 0 is the denoising step D(x̃, σ_min) (1 NFE), as for every σ-grid method: it is
 first order itself, so the official `lower_order_final` (lower orders on the last steps of runs of
 fewer than 10 steps) is off by default here, and when set it counts that step as the last one, so
@@ -27,6 +30,8 @@ the last step before the denoising step made DPM-Solver++(2M) 1.9-4.6x worse at 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -34,7 +39,8 @@ import numpy as np
 
 from pds_jax import sde_lib
 from pds_jax.samplers.driver import normal, split
-from pds_jax.samplers.grid import GRID_FIELDS, SigmaGridSolver, sigma_grid
+from pds_jax.samplers.grid import (GRID_FIELDS, LANGEVIN_FIELDS, GridLangevin, SigmaGridSolver, grid_langevin,
+                                   sigma_grid)
 from pds_jax.samplers.methods import declare_field, register_method
 
 ORDERS = (1, 2, 3)
@@ -107,8 +113,9 @@ class DPMSolverPP(SigmaGridSolver):
   lambdas: np.ndarray
   name = 'dpm_solver++'
 
-  def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 2, lower_order_final: bool = False):
-    super().__init__(sde, sigmas)
+  def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 2, lower_order_final: bool = False,
+               langevin: Optional[GridLangevin] = None):
+    super().__init__(sde, sigmas, langevin)
     self.order = _check_order(order, self.name)
     to_zero = int(self.sigmas[-1] == 0)
     real = self.num_steps - to_zero  # steps to σ > 0
@@ -182,8 +189,8 @@ class DPMSolverPPSDE(DPMSolverPP):
   precondition_prior = False
 
   def __init__(self, sde: sde_lib.SDE, sigmas, order: int = 2, eta: float = 1., lower_order_final: bool = False,
-               pds: bool = True):
-    super().__init__(sde, sigmas, order, lower_order_final)
+               pds: bool = True, langevin: Optional[GridLangevin] = None):
+    super().__init__(sde, sigmas, order, lower_order_final, langevin)
     if not eta >= 0:
       raise ValueError(f'{self.name}: sampling.eta = {eta} must be >= 0.')
     self.eta, self.preconditioned_by_pds = float(eta), bool(pds)
@@ -209,15 +216,21 @@ class DPMSolverPPSDE(DPMSolverPP):
     return state._replace(x=x_next, rng=rng, history=((d0,) + history)[:self.order - 1])
 
 
-@register_method('dpm_solver', fields=GRID_FIELDS + (SOLVER_ORDER, VARIANT, LOWER_ORDER_FINAL, ETA),
-                 default_steps=20)
+@register_method('dpm_solver', default_steps=20,
+                 fields=GRID_FIELDS + (SOLVER_ORDER, VARIANT, LOWER_ORDER_FINAL, ETA) + LANGEVIN_FIELDS)
 def _dpm_solver(fields, ctx):
   if fields[VARIANT] not in VARIANTS:
     raise ValueError(f'config.sampling.dpm_solver_variant = {fields[VARIANT]!r}; choose one of {VARIANTS}.')
   sigmas = sigma_grid(fields, ctx, 'dpm_solver')
+  langevin = grid_langevin(fields, sigmas, fields[VARIANT])
+  if langevin is not None and fields[VARIANT] != 'dpm_solver++_sde':
+    raise ValueError(f'config.sampling.langevin_steps = {fields["langevin_steps"]} needs the stochastic '
+                     f"dpm_solver_variant 'dpm_solver++_sde' (got {fields[VARIANT]!r}): after a deterministic "
+                     'DPM-Solver++(2M) the Langevin steps left 42 % noise samples on the shipped model.')
   if fields[VARIANT] == 'dpm_solver':
     return DPMSolver(ctx.sde, sigmas, fields[SOLVER_ORDER])
   if fields[VARIANT] == 'dpm_solver++_sde':
+    # pds=False: the registry's PDS flag is per method (DPMSolverPPSDE's docstring)
     return DPMSolverPPSDE(ctx.sde, sigmas, fields[SOLVER_ORDER], float(fields[ETA]), bool(fields[LOWER_ORDER_FINAL]),
-                          pds=False)  # the registry's PDS flag is per method (DPMSolverPPSDE's docstring)
+                          pds=False, langevin=langevin)
   return DPMSolverPP(ctx.sde, sigmas, fields[SOLVER_ORDER], bool(fields[LOWER_ORDER_FINAL]))

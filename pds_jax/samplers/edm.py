@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from pds_jax.samplers.driver import normal, split
-from pds_jax.samplers.grid import GRID_FIELDS, SigmaGridSolver, sigma_grid
+from pds_jax.samplers.grid import GRID_FIELDS, LANGEVIN_FIELDS, SigmaGridSolver, grid_langevin, sigma_grid
 from pds_jax.samplers.methods import register_method
 
 
@@ -72,6 +72,7 @@ def _heun(fields, ctx):
   return HeunSolver(ctx.sde, sigma_grid(fields, ctx, 'heun'))
 
 
-@register_method('ancestral', fields=GRID_FIELDS, default_steps=35, pds=True, prior_start=True)
+@register_method('ancestral', fields=GRID_FIELDS + LANGEVIN_FIELDS, default_steps=35, pds=True, prior_start=True)
 def _ancestral(fields, ctx):
-  return AncestralSolver(ctx.sde, sigma_grid(fields, ctx, 'ancestral'))
+  sigmas = sigma_grid(fields, ctx, 'ancestral')
+  return AncestralSolver(ctx.sde, sigmas, grid_langevin(fields, sigmas, 'ancestral'))

@@ -18,7 +18,8 @@ import numpy as np
 from jax.tree_util import Partial
 
 from pds_jax import sde_lib
-from pds_jax.samplers.driver import ScoreFn, Solver
+from pds_jax.samplers import pc
+from pds_jax.samplers.driver import ScoreFn, Solver, split
 from pds_jax.samplers.methods import Context, declare_field, declared_fields
 from pds_jax.utils import batch_mul
 
@@ -33,6 +34,12 @@ SCHEDULE = declare_field('schedule', None, str, "the σ grid: 'karras' (ρ = rho
 SCHEDULE_PATH = declare_field('schedule_path', None, str, "the JSON of --mode tune_schedule read by schedule 'tuned'")
 SCHEDULES = ('karras', 'logsnr', 'time_uniform', 'tuned')
 GRID_FIELDS = (NUM_STEPS, RHO, NOISE_REMOVAL, SCHEDULE, SCHEDULE_PATH)
+LANGEVIN_STEPS = declare_field('langevin_steps', 0, int, "σ-grid SDE methods (ancestral, dpm_solver++_sde): score_sde's "
+                                                        'Langevin corrector steps (step size from sampling.snr) at each '
+                                                        'node σ_i <= langevin_sigma_max, before the step from it; 0: none')
+LANGEVIN_SIGMA_MAX = declare_field('langevin_sigma_max', None, float, 'the largest grid node that gets '
+                                                                     'sampling.langevin_steps (None: every node)')
+LANGEVIN_FIELDS = (LANGEVIN_STEPS, LANGEVIN_SIGMA_MAX, 'snr')
 
 
 # ----------------------------------------------------------------------------- σ grids
@@ -180,6 +187,69 @@ def denoiser_from_score(score_fn: ScoreFn, sde: sde_lib.SDE) -> Partial:
   return Partial(functools.partial(_score_denoiser, sde=sde), score_fn)
 
 
+# ----------------------------------------------------------------------------- Langevin corrector on a grid
+
+
+class GridLangevin(eqx.Module):
+  """score_sde's Langevin corrector (`pc.LangevinCorrector`, with PDS's M) at chosen nodes of a σ grid.
+
+  Before the step from node σ_i, when `levels[i]`, `n_steps` corrector steps at t(σ_i) move x = m x̃ in the
+  model's variable (x̃ = x / m after), with ε = 2 α (snr ‖M ξ‖ / ‖M Mᵀ s‖)², as PC's corrector before its
+  predictor. It keeps p_σ stationary, so it corrects a stochastic predictor's law at σ_i without changing
+  its target; after a deterministic predictor it does not help (docs/method.md §14; docs/results.md,
+  "A few-step PC").
+  `levels` (num_steps,) bool is a leaf (numpy on the host); `snr`, `n_steps` and `num_nodes` (how many
+  levels are on) are static.
+  """
+  levels: np.ndarray
+  snr: float = eqx.field(static=True)
+  n_steps: int = eqx.field(static=True)
+  num_nodes: int = eqx.field(static=True)
+
+  def __init__(self, levels, snr: float, n_steps: int):
+    if not snr > 0 or int(n_steps) != n_steps or n_steps < 1:
+      raise ValueError(f'Langevin corrector: need sampling.snr > 0 and sampling.langevin_steps >= 1, got snr = {snr}, '
+                       f'langevin_steps = {n_steps}.')
+    self.levels, self.snr, self.n_steps = np.asarray(levels, bool), float(snr), int(n_steps)
+    self.num_nodes = int(np.sum(self.levels))
+
+  @property
+  def evaluations(self) -> int:
+    """Score evaluations per sample over the whole grid."""
+    return self.n_steps * self.num_nodes
+
+  def correct(self, solver: 'SigmaGridSolver', score_fn: ScoreFn, preconditioner, state: 'GridState', i, sigma):
+    """The state after the corrector steps at node i (σ = σ_i), or the state itself where levels[i] is off."""
+    sde = solver.sde
+
+    def run(state):
+      rng, step_rng = split(state.rng)
+      t = sde.edm_time(sigma)
+      m = sde.edm_scale(t)
+      corrector = pc.LangevinCorrector(sde, score_fn, self.snr, self.n_steps, preconditioner, solver.axis_name)
+      x, _ = corrector.update_fn(step_rng, m * state.x, jnp.full(state.x.shape[:1], t))
+      return state._replace(x=x / m, rng=rng)
+
+    return jax.lax.cond(self.levels[i], run, lambda state: state, state)
+
+
+def grid_langevin(fields, sigmas: np.ndarray, method: str) -> Optional[GridLangevin]:
+  """The Langevin corrector of a σ-grid SDE method from its fields (None when langevin_steps is 0)."""
+  steps = fields[LANGEVIN_STEPS]
+  if int(steps) != steps or steps < 0:
+    raise ValueError(f'config.sampling.langevin_steps = {steps!r} must be an integer >= 0 ({method}).')
+  if not steps:
+    return None
+  sigma_max = fields[LANGEVIN_SIGMA_MAX]
+  nodes = np.asarray(sigmas[:-1], np.float64)  # the node each step starts from
+  levels = nodes > 0 if sigma_max is None else (nodes > 0) & (nodes <= float(sigma_max))
+  if not levels.any():
+    raise ValueError(f'config.sampling.langevin_sigma_max = {sigma_max} is below every node of the {method} grid '
+                     f'(smallest {nodes[nodes > 0].min():.4g}): no Langevin step would run; raise it or set '
+                     'langevin_steps = 0.')
+  return GridLangevin(levels, float(fields['snr']), int(steps))
+
+
 # ----------------------------------------------------------------------------- solvers on a σ grid
 
 
@@ -197,11 +267,13 @@ class SigmaGridSolver(Solver):
   EDM does), float32 inside the driver's jitted scan. `sigma_last` (static) is its last entry.
   Subclasses implement `grid_step(denoise, preconditioner, state, i, sigma, sigma_next)` for a step
   to σ_next > 0 and `evaluations(i)`; a step to σ_next = 0 is the denoising step D(x̃, σ).
+  `langevin` (stochastic methods only): a `GridLangevin` run before the steps from its nodes, or None.
   """
   sigmas: np.ndarray
   sigma_last: float = eqx.field(static=True)
+  langevin: Optional[GridLangevin]
 
-  def __init__(self, sde: sde_lib.SDE, sigmas):
+  def __init__(self, sde: sde_lib.SDE, sigmas, langevin: Optional[GridLangevin] = None):
     sigmas = np.asarray(sigmas, np.float64)
     if sigmas.ndim != 1 or sigmas.shape[0] < 2 or np.any(np.diff(sigmas) >= 0) or sigmas[-1] < 0:
       raise ValueError(f'{self.name}: sigmas must be a strictly decreasing 1-D grid of >= 2 noise levels '
@@ -209,6 +281,11 @@ class SigmaGridSolver(Solver):
     t_start = float(sde.edm_time(sigmas[0]))
     super().__init__(sde, sde.T if abs(t_start - sde.T) < 1e-9 else t_start)  # σ(T) round-trips to T ± ulps
     self.sigmas, self.sigma_last = sigmas, float(sigmas[-1])
+    if langevin is not None and (not self.stochastic or langevin.levels.shape != (self.num_steps,)):
+      raise ValueError(f'{self.name}: Langevin corrector steps (sampling.langevin_steps) need a stochastic method '
+                       'of the same grid (ancestral, or dpm_solver with dpm_solver_variant dpm_solver++_sde): after the '
+                       'deterministic DPM-Solver++(2M) they left 42 % noise samples on the shipped model.')
+    self.langevin = langevin
 
   @property
   def num_steps(self) -> int:
@@ -220,7 +297,8 @@ class SigmaGridSolver(Solver):
   @property
   def static_nfe(self) -> int:
     to_zero = int(self.sigma_last == 0)
-    return sum(self.evaluations(i) for i in range(self.num_steps - to_zero)) + to_zero
+    corrector = 0 if self.langevin is None else self.langevin.evaluations
+    return sum(self.evaluations(i) for i in range(self.num_steps - to_zero)) + to_zero + corrector
 
   def evaluations(self, i: int) -> int:
     """Score evaluations of step i to σ_{i+1} > 0."""
@@ -235,7 +313,10 @@ class SigmaGridSolver(Solver):
 
   def settings(self) -> dict:
     positive = np.asarray(self.sigmas)[np.asarray(self.sigmas) > 0]
-    return {'sigma_max': float(positive[0]), 'sigma_min': float(positive[-1])}
+    settings = {'sigma_max': float(positive[0]), 'sigma_min': float(positive[-1])}
+    if self.langevin is not None:
+      settings['langevin_nodes'] = self.langevin.num_nodes
+    return settings
 
   def output(self, state):
     last = self.sigma_last
@@ -244,6 +325,8 @@ class SigmaGridSolver(Solver):
   def step(self, score_fn, preconditioner, state, i):
     denoise = denoiser_from_score(score_fn, self.sde)
     sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+    if self.langevin is not None:
+      state = self.langevin.correct(self, score_fn, preconditioner, state, i, sigma)
     if self.sigma_last > 0:
       return self.grid_step(denoise, preconditioner, state, i, sigma, sigma_next)
     to_zero = lambda state: state._replace(x=denoise(state.x, sigma))
