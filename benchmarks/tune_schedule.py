@@ -9,8 +9,8 @@ logsnr, time_uniform and the tuned one — samples the same held-out x_T (indice
   shipped        the shipped model (configs/default_model.py, VE NCSN++ 32²) against 2000 training
                  patches as `benchmarks/samplers.py --target shipped` does: SWD (×10³), FD and KID on
                  fixed features.
-Rows: dpm++2m (`--config.sampling.method=dpm_solver`, DPM-Solver++(2M), NFE = nodes) and heun
-(NFE = 2 · nodes - 1). The search's wall time is the tuned schedule's cost on this machine
+Rows: dpm++2m (`--config.sampling.method=dpm_solver`, DPM-Solver++(2M), NFE = nodes), heun
+(NFE = 2 · nodes - 1) and euler (NFE = nodes). The search's wall time is the tuned schedule's cost on this machine
 (2 shared CPU cores; the load average is recorded).
 
   python -m benchmarks.tune_schedule --target gaussian64_ve
@@ -32,6 +32,7 @@ from benchmarks import common
 ROWS = {
     'dpm++2m': ({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++', 'solver_order': 2}, '6,10'),
     'heun': ({'method': 'heun'}, '3,5'),  # NFE 5 and 9: the largest odd NFE within 6 and 10
+    'euler': ({'method': 'euler'}, '6,10'),  # first order, NFE = nodes
 }
 SCHEDULES = ('karras', 'logsnr', 'time_uniform', 'tuned')
 
