@@ -9,8 +9,10 @@ fraction of noise samples: high-pass energy (Fourier radius > size / 4) above 5 
 
   python -m benchmarks.stochastic_defaults --num_samples 64 --sweep edm_stochastic
   python -m benchmarks.stochastic_defaults --num_samples 200 --sweep dpm_sde
-  for s in 9 1 2; do python -m benchmarks.stochastic_defaults --num_samples 200 --sweep langevin --seed $s \
-    --out benchmarks/results/few_step_pc.json; done    # and --sweep langevin_variants --out ..._variants.json
+  for s in 9 1 2 3 4; do python -m benchmarks.stochastic_defaults --num_samples 200 --sweep langevin --seed $s \
+    --out benchmarks/results/few_step_pc.json; done
+  for s in 9 1 2; do python -m benchmarks.stochastic_defaults --num_samples 200 --sweep langevin_variants --seed $s \
+    --out benchmarks/results/few_step_pc_variants.json; done
 """
 from __future__ import annotations
 
@@ -32,11 +34,11 @@ SWEEPS = {  # what results/stochastic_defaults.json holds (64 samples, seed 9); 
                  11) for tmin, tmax in ((0.03, 0.3), (0.5, 5.))],
     'dpm_sde': [({'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++_sde', 'solver_order': o, 'eta': eta}, 20)
                 for o, eta in ((2, 1.), (2, 0.5), (3, 1.))],
-    # the few-step PC (results/few_step_pc.json, 200 samples, seeds 9, 1, 2): DPM-Solver++(2M) SDE on Karras nodes
+    # the few-step PC (results/few_step_pc.json, 200 samples, seeds 9, 1, 2, 3, 4): DPM-Solver++(2M) SDE on Karras nodes
     # with score_sde's Langevin corrector at the nodes σ <= 10, against PC-200 from the same keys
     'langevin': [({**_SDE, 'schedule': 'karras', 'langevin_steps': 1, 'langevin_sigma_max': 10.}, n)
                  for n in (16, 20, 22)] + [({'method': 'pc'}, 200)],
-    # how its settings were chosen (results/few_step_pc_variants.json, the same seeds): where the corrector runs,
+    # how its settings were chosen (results/few_step_pc_variants.json, seeds 9, 1, 2): where the corrector runs,
     # snr, two steps per node, the grid, the predictor
     'langevin_variants': [({**_SDE, 'schedule': grid, 'langevin_steps': k, 'langevin_sigma_max': top, 'snr': snr}, n)
                           for grid, n, top, k, snr in (('karras', 20, None, 1, .16), ('karras', 20, 20., 1, .16),
