@@ -78,13 +78,16 @@ def test_sample_ends_with_its_nfe_wall_time_and_the_grid_path(tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
-  command = [sys.executable, str(ROOT / 'main.py'), f'--jax_cache={ROOT / ".jax_cache"}', *TINY_GAUSSIAN,
-             '--mode=sample', f'--workdir={tmp_path}', '--config.eval.num_samples=48', '--speed_up=20']
+  args = [f'--jax_cache={ROOT / ".jax_cache"}', *TINY_GAUSSIAN, '--mode=sample', f'--workdir={tmp_path}',
+          '--config.eval.num_samples=48', '--speed_up=20']
+  # A suite started in the background of a non-interactive shell runs with SIGINT ignored (POSIX), and so would
+  # main.py: it gets Python's Ctrl-C handler back, as from a terminal (in the child's Python, not a pre-exec hook:
+  # forking the multithreaded JAX process is unsafe).
+  restore = ('import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '
+             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+  command = [sys.executable, '-c', restore, str(ROOT / 'main.py'), *args]
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(ROOT / '.jax_cache'))
-  # a suite started in the background of a non-interactive shell inherits SIGINT ignored (POSIX): give main.py
-  # the terminal's default, as a user's Ctrl-C finds it
-  proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   folder = tmp_path / 'eval'
   deadline = time.monotonic() + 300
   while time.monotonic() < deadline and proc.poll() is None:
@@ -101,7 +104,7 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
                                           'command to resume'), err[-2000:]
   # the estimate follows the first shard: a signal between the two leaves it out
   assert '48 samples in 6 rounds of 8: 6 to run here' in out and ('first round:' in out or len(done) == 1)
-  rerun = _main(*command[3:])
+  rerun = _main(*args[1:])
   assert f'48 samples in 6 rounds of 8: {6 - len(done)} to run here, {len(done)} already in {folder}' in rerun.stdout
   assert json.loads((folder / 'report.json').read_text())['num_samples'] == 48
 
