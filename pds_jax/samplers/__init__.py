@@ -2,7 +2,7 @@
 
   driver.py      the `Solver` protocol (an equinox pytree) and the one `Sampler` that runs every method
   methods.py     the method registry (`register_method`) and the one resolution of config.sampling
-  grid.py        σ grids, the denoiser of a score model, the σ-grid solver base
+  grid.py        σ grids, the denoiser of a score model, the σ-grid solver base (+ its Langevin corrector)
   pc.py          score_sde's predictors / correctors and the PC solver (with PDS)     'pc'
   edm.py         EDM's Euler, Heun and the ancestral step                             'euler', 'heun', 'ancestral'
   dpm_solver.py  singlestep DPM-Solver, multistep DPM-Solver++ and its SDE form        'dpm_solver'
