@@ -101,9 +101,13 @@ def pds_label(settings: Mapping) -> str:
 
 
 def sample_caption(settings: Mapping, nfe: float, count: int) -> str:
-  """`--mode sample`'s grid.png title lines: method, steps, NFE, PDS, init, SDE, seed, how many shown."""
+  """`--mode sample`'s grid.png title lines: method (DPM-Solver's variant, the grid's Langevin nodes), steps, NFE,
+  PDS, init, SDE, seed, how many shown."""
   init = settings['init'] + (f' at sigma_T {settings["sigma_t"]:.3g}' if settings.get('sigma_t') is not None else '')
-  return (f'{settings["method"]} · {settings["num_steps"]} steps · NFE {nfe:g} · {pds_label(settings)}\n'
+  method = settings.get('dpm_solver_variant', 'dpm_solver') if settings['method'] == 'dpm_solver' else settings['method']
+  if settings.get('langevin_nodes'):
+    method += f' + Langevin at {settings["langevin_nodes"]} nodes'
+  return (f'{method} · {settings["num_steps"]} steps · NFE {nfe:g} · {pds_label(settings)}\n'
           f'init {init} · {settings["sde"]} · seed {settings["seed"]} · {min(count, 64)} of {count} samples')
 
 

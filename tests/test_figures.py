@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from pds_jax.figures import image_grid, titled_panels
+from pds_jax.figures import image_grid, sample_caption, titled_panels
 
 
 @settings(max_examples=15, deadline=None)
@@ -28,3 +28,11 @@ def test_titled_panels_enlarge_each_image_under_its_title():
   assert len(rows) == 20 * scale and rows[-1] == out.shape[0] - 10 - 1
   # the titles are drawn above the images (dark pixels in the header)
   assert (out[:rows[0], :10 + 30 * scale] < 128).any() and (out[:rows[0], 20 + 30 * scale:] < 128).any()
+
+
+def test_the_sample_caption_names_dpm_solvers_variant_and_the_grids_langevin_nodes():
+  base = {'num_steps': 20, 'preconditioned': False, 'init': 'prior', 'sde': 'VESDE', 'seed': 42}
+  few_step = sample_caption({**base, 'method': 'dpm_solver', 'dpm_solver_variant': 'dpm_solver++_sde',
+                             'langevin_nodes': 14}, 34, 16)
+  assert few_step.startswith('dpm_solver++_sde + Langevin at 14 nodes · 20 steps · NFE 34 · no PDS\n'), few_step
+  assert sample_caption({**base, 'method': 'heun'}, 39, 4).startswith('heun · 20 steps · NFE 39 · no PDS\n')
